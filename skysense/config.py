@@ -1,0 +1,195 @@
+"""Configuration dataclasses and presets of the SkySense encoder (paper Sec. 3.1, spec Sec. 2).
+
+One dataclass per component, one :class:`SkySenseConfig` that holds them, and five presets:
+``tiny`` (seconds on a CPU, for tests), ``small``, ``base``, ``large`` and ``huge`` (the paper's
+2.06B-parameter model: SwinV2-H for ``hr``, ViT-L for ``s2`` and ``s1``, a 24-layer fusion
+transformer, 4096 x 100 geo-context prototypes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+MODALITIES: tuple[str, ...] = ("hr", "s2", "s1")
+
+
+@dataclass
+class SwinConfig:
+    """Swin Transformer V2 spatial encoder of ``hr`` (mmcls 0.25 flavour, spec Sec. 2 and 6)."""
+
+    in_chans: int = 3
+    embed_dim: int = 352
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (8, 16, 32, 64)
+    window_size: int = 8
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    cpb_hidden: int = 512  # hidden width of the continuous position-bias MLP
+    extra_norm_every: int = 6  # extra LayerNorm after every n-th block of the deep stage (0 = off)
+    drop_path: float = 0.0
+    norm_eps: float = 1e-5
+
+    @property
+    def out_channels(self) -> tuple[int, ...]:
+        return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
+
+
+@dataclass
+class ViTConfig:
+    """ViT spatial encoder of ``s2``/``s1`` (mmseg flavour, spec Sec. 2 and 6)."""
+
+    in_chans: int = 10
+    img_size: int = 64  # the size the position embedding was learnt at; other sizes interpolate
+    patch_size: int = 4
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    norm_eps: float = 1e-5  # official default; SkySense++ configs use 1e-6
+    with_cls_token: bool = True  # SkySense++ configs drop it (same weights)
+    out_indices: tuple[int, ...] = (5, 11, 17, 23)  # layers exposed for dense heads
+    drop_path: float = 0.0
+
+    @property
+    def grid_size(self) -> int:
+        return self.img_size // self.patch_size
+
+
+@dataclass
+class FusionConfig:
+    """Temporal fusion transformer with DTPE and the extra token (paper Eq. 2-3)."""
+
+    in_dim: int = 2816  # channels of the aligned features (= hr stage-4 width)
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.3
+    norm_eps: float = 1e-5
+    use_dtpe: bool = True  # the released config switched it off; the paper uses it
+    dtpe_days: int = 365  # rows of the day-of-year table; Feb 29 shares Feb 28's row
+
+
+@dataclass
+class GeoContextConfig:
+    """Attentive geo-context integration (paper Eq. 4): region prototypes on an equal-area grid.
+
+    Regions are the cells of a cylindrical equal-area grid: ``lon_bands`` equal longitude
+    sectors times ``lat_bands`` latitude bands of equal width in sin(latitude), so every region
+    covers exactly the same area of the sphere. ``lat_bands * lon_bands`` = N_R.
+    """
+
+    lat_bands: int = 64
+    lon_bands: int = 64
+    num_prototypes: int = 100  # N_p per region
+    dim: int = 512  # prototype width; F_fus_mm is projected to it when it differs
+
+    @property
+    def num_regions(self) -> int:
+        return self.lat_bands * self.lon_bands
+
+
+@dataclass
+class SkySenseConfig:
+    """The whole factorised multi-modal spatiotemporal encoder.
+
+    A modality set to ``None`` is not built; any subset of the built modalities can be fed.
+    """
+
+    name: str = "custom"
+    hr: SwinConfig | None = field(default_factory=SwinConfig)
+    s2: ViTConfig | None = field(default_factory=ViTConfig)
+    s1: ViTConfig | None = field(default_factory=lambda: ViTConfig(in_chans=2))
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    geo: GeoContextConfig | None = field(default_factory=GeoContextConfig)
+    grad_checkpointing: bool = False
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if getattr(self, m) is not None)
+
+    @property
+    def aligned_dim(self) -> int:
+        """Channels on the common fused grid: the hr stage-4 width (or the fusion input width)."""
+        return self.hr.out_channels[-1] if self.hr is not None else self.fusion.in_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SkySenseConfig:
+        def sub(kind: type, value: Any) -> Any:
+            if value is None:
+                return None
+            value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+            known = {f.name for f in dataclasses.fields(kind)}
+            unknown = set(value) - known
+            if unknown:
+                raise ValueError(f"unknown {kind.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
+            return kind(**value)
+
+        return cls(
+            name=d.get("name", "custom"),
+            hr=sub(SwinConfig, d.get("hr")),
+            s2=sub(ViTConfig, d.get("s2")),
+            s1=sub(ViTConfig, d.get("s1")),
+            fusion=sub(FusionConfig, d["fusion"]),
+            geo=sub(GeoContextConfig, d.get("geo")),
+            grad_checkpointing=bool(d.get("grad_checkpointing", False)),
+        )
+
+
+def _preset(
+    name: str,
+    swin: tuple[int, tuple[int, ...], tuple[int, ...], int],
+    vit: tuple[int, int, int, int, int],
+    fusion: tuple[int, int, int],
+    geo: tuple[int, int, int, int],
+    extra_norm_every: int = 6,
+) -> SkySenseConfig:
+    embed, depths, heads, window = swin
+    width, depth, vheads, patch, img = vit
+    fwidth, fdepth, fheads = fusion
+    lat, lon, n_p, pdim = geo
+    out = [max(0, (i + 1) * depth // 4 - 1) for i in range(4)]  # e.g. 5, 11, 17, 23 for depth 24
+    hr = SwinConfig(embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
+                    extra_norm_every=extra_norm_every)
+    vit_cfg = {"embed_dim": width, "depth": depth, "num_heads": vheads, "patch_size": patch,
+               "img_size": img, "out_indices": tuple(sorted(set(out)))}
+    return SkySenseConfig(
+        name=name,
+        hr=hr,
+        s2=ViTConfig(in_chans=10, **vit_cfg),  # type: ignore[arg-type]
+        s1=ViTConfig(in_chans=2, **vit_cfg),  # type: ignore[arg-type]
+        fusion=FusionConfig(in_dim=hr.out_channels[-1], embed_dim=fwidth, depth=fdepth, num_heads=fheads,
+                            drop_path=0.3 if fdepth >= 12 else 0.1),
+        geo=GeoContextConfig(lat_bands=lat, lon_bands=lon, num_prototypes=n_p, dim=pdim),
+    )
+
+
+# name -> (swin embed, depths, heads, window), (vit width, depth, heads, patch, img),
+#         (fusion width, depth, heads), (lat bands, lon bands, prototypes, prototype dim)
+PRESETS: dict[str, SkySenseConfig] = {
+    # tiny: a few hundred thousand parameters; patch 2 keeps the s2/s1 grids non-trivial at 8-16 px.
+    "tiny": _preset("tiny", (16, (1, 1, 3, 1), (1, 2, 2, 4), 4), (32, 2, 2, 2, 16), (32, 2, 2),
+                    (4, 4, 8, 16), extra_norm_every=3),
+    "small": _preset("small", (96, (2, 2, 6, 2), (3, 6, 12, 24), 8), (384, 12, 6, 4, 64), (384, 6, 6),
+                     (16, 16, 50, 256)),
+    "base": _preset("base", (128, (2, 2, 18, 2), (4, 8, 16, 32), 8), (768, 12, 12, 4, 64), (768, 12, 12),
+                    (32, 32, 100, 384)),
+    "large": _preset("large", (192, (2, 2, 18, 2), (6, 12, 24, 48), 8), (1024, 24, 16, 4, 64),
+                     (1024, 24, 16), (64, 64, 100, 512)),
+    # huge: the paper's model (spec Sec. 2).
+    "huge": _preset("huge", (352, (2, 2, 18, 2), (8, 16, 32, 64), 8), (1024, 24, 16, 4, 64),
+                    (1024, 24, 16), (64, 64, 100, 512)),
+}
+
+
+def get_preset(name: str) -> SkySenseConfig:
+    """A fresh copy of a preset, so callers may edit it."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return SkySenseConfig.from_dict(PRESETS[name].to_dict())
