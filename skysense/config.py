@@ -71,6 +71,9 @@ class FusionConfig:
     norm_eps: float = 1e-5
     use_dtpe: bool = True  # the released config switched it off; the paper uses it
     dtpe_days: int = 365  # rows of the day-of-year table; Feb 29 shares Feb 28's row
+    # Modalities whose dated tokens get DTPE. The paper adds it to all; the released reference
+    # pipeline to s2 only (set ("s2",) to reproduce it exactly).
+    dtpe_modalities: tuple[str, ...] = ("hr", "s2", "s1")
 
 
 @dataclass

@@ -1,0 +1,317 @@
+"""Inference throughput of our ``hr`` SwinV2 and ``s2`` ViT encoders against same-size timm models.
+
+One run, side by side, on this CPU at 2 threads, batch 8, ``torch.inference_mode()``. Modes:
+
+* ``fp32``, ``bf16`` (``torch.autocast("cpu", bfloat16)``): eager;
+* ``fp32 onednn``: eager with every fp32 ``F.linear`` sent to oneDNN (``mkldnn._linear_pointwise``);
+* ``... compile`` / ``... compile+freeze``: ``torch.compile`` (inductor), the latter with
+  ``torch._inductor.config.freezing = True`` (weights folded and prepacked: timm's best case).
+
+FLOPs are counted once per model with ``torch.utils.flop_counter.FlopCounterMode`` on the module
+that is timed (fp32 eager, batch 8): 2 FLOPs per multiply-add of matmuls, convolutions and
+attention; element-wise work is not counted. GFLOP/s = counted FLOPs / median time; "% peak" divides it
+by the matmul peak of the mode's dtype from ``results/peak.json`` (``bench/peak.py``). Ours and timm
+are timed in alternating rounds so that foreign load on the box hits both alike.
+The fusion block runs at the paper's shapes (64x64 cells, 1+20+10 dates, batch 1, eager).
+
+    .venv/bin/python -m bench.encoders [--quick] [--large] [--modes fp32,bf16,...] [--no-fusion]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common import load_peak, machine, quiet_time_call, save, setup, summary, table
+from skysense.config import get_preset
+
+ALL_MODES = ("fp32", "fp32 onednn", "bf16", "fp32 compile+freeze", "bf16 compile", "bf16 compile+freeze")
+TIMM_SWIN = "swinv2_base_window8_256"
+DEFAULT_MODES = ("fp32", "fp32 onednn", "bf16", "fp32 compile+freeze", "bf16 compile+freeze")
+
+
+class OneDNNLinear(TorchFunctionMode):
+    """Run fp32 ``F.linear`` (hence ``nn.Linear``) through oneDNN instead of MKL's sgemm."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is F.linear:
+            named = dict(zip(("input", "weight", "bias"), args), **kwargs)
+            x, w, b = named["input"], named["weight"], named.get("bias")
+            if x.dtype == torch.float32:
+                return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+        return func(*args, **kwargs)
+
+
+class Runner(nn.Module):
+    """``fn(model, x)`` as a module, so that torch.compile (and freezing) sees the parameters."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, Tensor], Any]) -> None:
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, x: Tensor) -> Any:
+        return self.fn(self.model, x)
+
+
+@dataclass
+class Case:
+    pair: str  # e.g. "SwinV2-B 256px"
+    who: str  # "ours" or "timm"
+    build: Callable[[], Runner]
+    shape: tuple[int, ...]
+
+
+def swin_cases(preset: str, img: int, timm_name: str, batch: int) -> list[Case]:
+    from skysense.models.swin import SwinTransformerV2
+
+    cfg = get_preset(preset).hr
+    assert cfg is not None
+    pair = f"SwinV2 {preset} {img}px"
+    shape = (batch, cfg.in_chans, img, img)
+
+    def ours() -> Runner:
+        return Runner(SwinTransformerV2(cfg), lambda m, x: m(x))
+
+    def theirs() -> Runner:  # all four stage maps, like ours
+        return Runner(
+            timm.create_model(timm_name, pretrained=False, features_only=True, img_size=img),
+            lambda m, x: m(x),
+        )
+
+    return [Case(pair, "ours", ours, shape), Case(pair, "timm", theirs, shape)]
+
+
+def vit_cases(preset: str, batch: int) -> list[Case]:
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    from skysense.models.vit import VisionTransformer
+
+    cfg = get_preset(preset).s2
+    assert cfg is not None
+    pair = f"ViT {preset} {cfg.img_size}px/p{cfg.patch_size}"
+    shape = (batch, cfg.in_chans, cfg.img_size, cfg.img_size)
+    idx = [i % cfg.depth for i in cfg.out_indices]
+
+    def ours() -> Runner:
+        return Runner(VisionTransformer(cfg), lambda m, x: m(x))
+
+    def theirs() -> Runner:  # the same maps as ours: intermediates of the same layers, NCHW, no final norm
+        m = TimmViT(
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            in_chans=cfg.in_chans,
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            class_token=True,
+            global_pool="",
+            num_classes=0,
+        )
+        return Runner(m, lambda m, x: m.forward_intermediates(x, indices=idx, intermediates_only=True))
+
+    return [Case(pair, "ours", ours, shape), Case(pair, "timm", theirs, shape)]
+
+
+def count_flops(runner: Runner, x: Tensor) -> float:
+    with FlopCounterMode(display=False) as fc:
+        runner(x)
+    return float(fc.get_total_flops())
+
+
+@contextlib.contextmanager
+def mode_ctx(mode: str) -> Iterator[None]:
+    with contextlib.ExitStack() as st:
+        if mode.startswith("bf16"):
+            st.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        if mode == "fp32 onednn":
+            st.enter_context(OneDNNLinear())
+        yield
+
+
+def prepare(runners: dict[str, Runner], mode: str) -> dict[str, Callable[[Tensor], Any]]:
+    """The callables to time: the modules themselves, or their torch.compile'd versions."""
+    if "compile" not in mode:
+        return dict(runners)
+    torch._dynamo.reset()
+    torch._inductor.config.freezing = mode.endswith("freeze")
+    return {who: torch.compile(r) for who, r in runners.items()}  # type: ignore[misc]
+
+
+def bench_pair(cases: list[Case], modes: list[str], rounds: int, reps: int) -> list[dict[str, Any]]:
+    """Time both members of a pair in every mode, alternating rounds between them."""
+    with torch.inference_mode(False):  # real parameters, not inference tensors
+        runners = {c.who: c.build().eval() for c in cases}
+    inputs = {c.who: torch.randn(c.shape) for c in cases}
+    flops = {who: count_flops(r, inputs[who]) for who, r in runners.items()}
+    rows = []
+    for mode in modes:
+        with mode_ctx(mode):
+            fns = prepare(runners, mode)
+            for who, fn in fns.items():
+                fn(inputs[who])  # compilation (if any) happens here, outside the timing
+            times: dict[str, list[float]] = {who: [] for who in fns}
+            busy = {who: 0.0 for who in fns}
+            for _ in range(rounds):
+                for who, fn in fns.items():
+                    ts, b = quiet_time_call(lambda f=fn, x=inputs[who]: f(x), reps, warmup=1)
+                    times[who] += ts
+                    busy[who] = max(busy[who], b)
+        for c in cases:
+            s = summary(times[c.who])
+            rows.append(
+                {
+                    "pair": c.pair,
+                    "who": c.who,
+                    "mode": mode,
+                    "batch": c.shape[0],
+                    "gflop_per_batch": flops[c.who] / 1e9,
+                    "samples_s": c.shape[0] / s["median_s"],
+                    "gflops": flops[c.who] / s["median_s"] / 1e9,
+                    "gflops_best": flops[c.who] / s["best_s"] / 1e9,
+                    "samples_s_best": c.shape[0] / s["best_s"],
+                    "n": s["n"],
+                    "foreign_busy_cores": busy[c.who],
+                }
+            )
+        print(
+            table(
+                rows[-len(cases) :],
+                ["pair", "who", "mode", "samples_s", "gflops", "gflops_best", "n", "foreign_busy_cores"],
+            ),
+            flush=True,
+        )
+    torch._inductor.config.freezing = False
+    return rows
+
+
+def bench_fusion(
+    preset: str, cells: int, dates: tuple[int, int, int], modes: list[str], reps: int
+) -> list[dict]:
+    """The temporal fusion block of ``preset`` on (1, sum(dates), C, cells, cells) aligned features."""
+    from skysense.models.temporal_fusion import TemporalFusion
+
+    fcfg = get_preset(preset).fusion
+    with torch.inference_mode(False):
+        model = TemporalFusion(fcfg).eval()
+    b, l = 1, sum(dates)
+    feats = torch.randn(b, l, fcfg.in_dim, cells, cells)
+    days = torch.randint(16000, 20000, (b, l))
+    dated, pad = torch.ones(b, l, dtype=torch.bool), torch.zeros(b, l, dtype=torch.bool)
+    with FlopCounterMode(display=False) as fc:
+        model(feats, days, dated, pad)
+    flops = float(fc.get_total_flops())
+    rows = []
+    for mode in modes:
+        with mode_ctx(mode):
+            ts, busy = quiet_time_call(lambda: model(feats, days, dated, pad), reps, warmup=0)
+            s = summary(ts)
+        rows.append(
+            {
+                "pair": f"fusion {preset} {cells}x{cells} cells, {'+'.join(map(str, dates))} dates",
+                "who": "ours",
+                "mode": mode,
+                "batch": b,
+                "gflop_per_batch": flops / 1e9,
+                "samples_s": b / s["median_s"],
+                "gflops": flops / s["median_s"] / 1e9,
+                "gflops_best": flops / s["best_s"] / 1e9,
+                "samples_s_best": b / s["best_s"],
+                "n": s["n"],
+                "foreign_busy_cores": busy,
+            }
+        )
+        print(
+            table(
+                rows[-1:], ["pair", "mode", "samples_s", "gflops", "gflops_best", "n", "foreign_busy_cores"]
+            ),
+            flush=True,
+        )
+    return rows
+
+
+def add_ratios(rows: list[dict[str, Any]], peak: dict[str, float] | None) -> None:
+    """% of the dtype's matmul peak, and ours/timm in the same pair and mode (median and best times)."""
+    timm_rows = {(r["pair"], r["mode"]): r for r in rows if r.get("who") == "timm"}
+    for r in rows:
+        if "error" in r:
+            continue
+        if peak:
+            r["pct_peak"] = 100.0 * r["gflops"] / peak[r["mode"].split()[0]]
+            r["pct_peak_best"] = 100.0 * r["gflops_best"] / peak[r["mode"].split()[0]]
+        t = timm_rows.get((r["pair"], r["mode"]))
+        if r["who"] == "ours" and t is not None:
+            r["ours_over_timm"] = r["samples_s"] / t["samples_s"]
+            r["ours_over_timm_best"] = r["samples_s_best"] / t["samples_s_best"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny preset, small batch, eager modes: a smoke run")
+    ap.add_argument("--large", action="store_true", help="also the large preset's ViT-L")
+    ap.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"comma list out of {ALL_MODES}")
+    ap.add_argument("--only", default="swin,vit,fusion", help="comma list out of swin, vit, fusion")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations ours/timm per mode")
+    ap.add_argument("--reps", type=int, default=2, help="timed calls per model per round")
+    ap.add_argument(
+        "--fusion-reps", type=int, default=1, help="timed fusion calls per mode (about a minute each)"
+    )
+    ap.add_argument("--out", default="encoders.json")
+    args = ap.parse_args()
+    setup()
+    modes = [m.strip() for m in args.modes.split(",")]
+    assert set(modes) <= set(ALL_MODES), f"unknown mode in {modes}"
+    only = set(args.only.split(","))
+    preset, batch, rounds, reps = "base", 8, args.rounds, args.reps
+    if args.quick:
+        preset, batch, rounds, reps = "tiny", 2, 1, 2
+        modes = [m for m in modes if "compile" not in m]
+    jobs: list[tuple[str, Callable[[], list[dict[str, Any]]]]] = []
+    if "swin" in only:
+        img = 64 if args.quick else 256
+        jobs.append(
+            ("swin", lambda: bench_pair(swin_cases(preset, img, TIMM_SWIN, batch), modes, rounds, reps))
+        )
+    if "vit" in only:
+        jobs.append(("vit", lambda: bench_pair(vit_cases(preset, batch), modes, rounds, reps)))
+    if "vit" in only and args.large:
+        jobs.append(("vit-large", lambda: bench_pair(vit_cases("large", batch), modes, rounds, reps)))
+    if "fusion" in only:
+        cells, dates = (8, (1, 2, 1)) if args.quick else (64, (1, 20, 10))
+        eager = [m for m in modes if m in ("fp32", "bf16")]
+        jobs.append(("fusion", lambda: bench_fusion(preset, cells, dates, eager, args.fusion_reps)))
+    rows: list[dict[str, Any]] = []
+    peak = load_peak()
+    cols = ["pair", "who", "mode", "samples_s", "gflops", "pct_peak", "ours_over_timm", "gflops_best"]
+    for name, job in jobs:
+        try:
+            with torch.inference_mode():
+                rows += job()
+        except Exception as e:  # the models are young: one broken part must not lose the others' numbers
+            print(f"{name} failed: {type(e).__name__}: {e}", flush=True)
+            rows.append({"pair": name, "error": f"{type(e).__name__}: {e}"})
+        add_ratios(rows, peak)
+        if not args.quick:  # after every part, so that a long run interrupted keeps what it measured
+            info = machine()
+            meta = {"flops": "FlopCounterMode, 2 per multiply-add", "peak": peak}
+            path = save(args.out, {"machine": info, **meta, "rows": rows})
+    print("\n" + table([r for r in rows if "error" not in r], cols))
+    info = machine()
+    print(f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}, {info['date']}")
+    if not args.quick:
+        print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

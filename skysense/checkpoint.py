@@ -1,0 +1,633 @@
+"""Checkpoints: our safetensors format, its metadata, the input contract, and safe ``.pth`` loading.
+
+Our format is ONE ``.safetensors`` file. The tensors are the model's state dict (our key names);
+the metadata is a JSON document stored as the string value ``"skysense"`` of the safetensors
+header's ``__metadata__`` (safetensors allows only string values there). It holds::
+
+    format_version   int (this code writes and reads 1)
+    config           SkySenseConfig.to_dict()
+    modalities       {hr|s2|s1: {bands, units, mean, std, gsd_m, sensor, description}}
+    task             "encoder" (a pre-trained encoder) or a downstream task name
+    class_names      list of str or null
+    sources          [{file, sha256, parts}] the files a conversion read
+    license, notes   free text
+
+Files are written atomically (a temporary file in the same directory, then ``os.replace``), so a
+crash never leaves a half-written checkpoint under the final name.
+
+Loading (:func:`load_pretrained`) validates the metadata, builds the model from the stored
+config, checks every tensor's key and shape, loads with ``strict=True`` semantics (a tensor the
+model lacks is an error; a model tensor the file lacks is an error unless the caller names it in
+``allow_missing``) and attaches an :class:`InputContract` that checks every sample fed to the
+model (band count, dtype, and whether values look normalised), so a mismatched input is a clear
+error rather than silent garbage. Official ``.pth`` files (spec Sec. 5) are converted on the fly
+by :mod:`skysense.convert`.
+
+Security: ``.pth`` files are read with ``torch.load(..., weights_only=True)`` only; a pickle that
+holds code or objects other than tensors and plain containers is refused
+(:class:`UnsafeCheckpointError`) and nothing in it is executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from skysense.bands import HR_BANDS, HR_NIR_BANDS, NORM_STATS, S1_BANDS, S2_BANDS
+from skysense.config import MODALITIES, SkySenseConfig
+
+FORMAT_VERSION = 1
+META_KEY = "skysense"
+UNITS: tuple[str, ...] = ("DN", "reflectance", "dB", "linear")
+OFFICIAL_LICENSE = "SkySense official weights: non-commercial research use only (terms of the authors)"
+
+# Facts of the paper's sensors (spec Sec. 1); band names and statistics come from skysense.bands.
+_SENSORS: dict[str, dict[str, Any]] = {
+    "hr": {
+        "units": "DN",
+        "gsd_m": 0.3,
+        "sensor": "WorldView-3/4",
+        "description": "8-bit digital numbers 0-255; normalised with the ImageNet mean/std on 0-255",
+    },
+    "s2": {
+        "units": "DN",
+        "gsd_m": 10.0,
+        "sensor": "Sentinel-2 L2A",
+        "description": "raw L2A digital numbers (surface reflectance x 10000)",
+    },
+    "s1": {
+        "units": "dB",
+        "gsd_m": 10.0,
+        "sensor": "Sentinel-1 IW GRD",
+        "description": "backscatter in dB (10 log10 of linear sigma0)",
+    },
+}
+
+# Values of a normalised input: no band's median farther than this from 0, no value beyond MAX_ABS.
+MAX_ABS_MEDIAN = 6.0
+MAX_ABS = 100.0
+
+
+def _version() -> str:
+    import skysense
+
+    return str(getattr(skysense, "__version__", ""))
+
+
+class UnsafeCheckpointError(ValueError):
+    """A pickle holds code or objects beyond tensors; it was not loaded."""
+
+
+# ---------------------------------------------------------------------------------- safe .pth loading
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, refusing code payloads clearly."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    try:
+        try:  # memory-mapped where the file is in the zip format (the 2B-parameter files are large)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UnsafeCheckpointError(
+            f"{path}: refused: the file holds code or Python objects beyond tensors and plain containers, "
+            "so it was NOT loaded (loading it could run arbitrary code). If you trust its origin, extract "
+            "the state dict in an isolated environment and re-save it with torch.save(state_dict, ...). "
+            f"(torch: {first})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
+
+
+# ---------------------------------------------------------------------------------- metadata
+@dataclass
+class ModalitySpec:
+    """What one modality's input must be: bands in order, units, normalisation, ground sampling."""
+
+    bands: tuple[str, ...]
+    units: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    gsd_m: float
+    sensor: str = ""
+    description: str = ""
+
+    def validate(self, name: str) -> None:
+        n = len(self.bands)
+        if n == 0 or len(self.mean) != n or len(self.std) != n:
+            raise ValueError(
+                f"modality {name}: {n} bands but {len(self.mean)} means and {len(self.std)} stds; "
+                "give one mean and std per band"
+            )
+        if any(not s > 0 for s in self.std):
+            raise ValueError(f"modality {name}: every std must be > 0, got {self.std}")
+        if self.units not in UNITS:
+            raise ValueError(f"modality {name}: units {self.units!r} unknown; use one of {UNITS}")
+        if not self.gsd_m > 0:
+            raise ValueError(f"modality {name}: gsd_m must be > 0 metres, got {self.gsd_m}")
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """``(x - mean) / std`` per band; bands on dim -3 ((C, H, W), (B, C, H, W) or (B, T, C, H, W))."""
+        if x.dim() < 3 or x.shape[-3] != len(self.bands):
+            raise ValueError(
+                f"expected {len(self.bands)} bands {self.bands} on dim -3, got shape {tuple(x.shape)}"
+            )
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=dtype, device=x.device).view(-1, 1, 1)
+        return (x.to(dtype) - mean) / std
+
+
+def sensor_spec(modality: str, bands: int) -> ModalitySpec:
+    """The spec's sensor facts (spec Sec. 1) for a modality with ``bands`` input channels.
+
+    ``hr`` with 4 bands is RGB-NIR: NIR gets the red band's statistics, as its patch-embedding
+    weights are the red band's copy (replace them with your data's, e.g. ``skysense stats``).
+    """
+    facts = _SENSORS[modality]
+    stats = NORM_STATS[modality]
+    if modality == "hr" and bands == len(HR_NIR_BANDS):
+        mean, std = (*stats.mean, stats.mean[0]), (*stats.std, stats.std[0])
+        return ModalitySpec(HR_NIR_BANDS, mean=mean, std=std, **facts)
+    default = {"hr": HR_BANDS, "s2": S2_BANDS, "s1": S1_BANDS}[modality]
+    if bands != len(default):
+        raise ValueError(
+            f"no default band description for {modality} with {bands} bands (the paper's sensor has "
+            f"{len(default)}: {default}); pass modalities={{'{modality}': ModalitySpec(...)}} explicitly"
+        )
+    return ModalitySpec(default, mean=tuple(stats.mean), std=tuple(stats.std), **facts)
+
+
+@dataclass
+class CheckpointMeta:
+    """The JSON metadata stored with the weights (see the module docstring)."""
+
+    config: SkySenseConfig
+    modalities: dict[str, ModalitySpec]
+    task: str = "encoder"
+    class_names: tuple[str, ...] | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    license: str = ""
+    notes: list[str] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+    skysense_version: str = field(default_factory=lambda: _version())
+
+    def validate(self) -> None:
+        cfg = self.config
+        if set(self.modalities) != set(cfg.modalities):
+            raise ValueError(
+                f"metadata describes modalities {sorted(self.modalities)} but the config builds "
+                f"{list(cfg.modalities)}; they must be the same"
+            )
+        for m, spec in self.modalities.items():
+            spec.validate(m)
+            in_chans = getattr(cfg, m).in_chans
+            if len(spec.bands) != in_chans:
+                raise ValueError(
+                    f"metadata lists {len(spec.bands)} {m} bands {spec.bands} but the {m} encoder takes "
+                    f"{in_chans} input channels"
+                )
+        if self.class_names is not None and not all(isinstance(c, str) for c in self.class_names):
+            raise ValueError("class_names must be a list of strings")
+
+    @property
+    def contract(self) -> InputContract:
+        f = self.config.fusion
+        # hr_dates stay optional (the model adds DTPE to hr only when given); s2/s1 need their dates
+        dated = (
+            tuple(m for m in f.dtpe_modalities if m in self.modalities and m != "hr") if f.use_dtpe else ()
+        )
+        return InputContract(dict(self.modalities), dated=dated)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["config"] = self.config.to_dict()
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "metadata") -> CheckpointMeta:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: metadata is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: metadata must be a JSON object")
+        version = d.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise ValueError(f"{where}: metadata has no valid format_version")
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"{where}: format_version {version} was written by a newer skysense (this one reads up to "
+                f"{FORMAT_VERSION}); upgrade skysense"
+            )
+        try:
+            config = SkySenseConfig.from_dict(d["config"])
+            mods = {m: _spec(s) for m, s in d["modalities"].items()}
+            names = d.get("class_names")
+            meta = cls(
+                config=config,
+                modalities=mods,
+                task=str(d.get("task", "encoder")),
+                class_names=tuple(names) if names is not None else None,
+                sources=list(d.get("sources", [])),
+                license=str(d.get("license", "")),
+                notes=list(d.get("notes", [])),
+                format_version=version,
+                skysense_version=str(d.get("skysense_version", "")),
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{where}: malformed metadata ({type(e).__name__}: {e})") from None
+        try:
+            meta.validate()
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        return meta
+
+
+def _spec(d: Mapping[str, Any]) -> ModalitySpec:
+    known = {f.name for f in fields(ModalitySpec)}
+    if set(d) - known:
+        raise ValueError(f"unknown modality fields {sorted(set(d) - known)}; known: {sorted(known)}")
+    kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return ModalitySpec(**kw)
+
+
+def default_meta(
+    config: SkySenseConfig,
+    *,
+    task: str = "encoder",
+    class_names: Sequence[str] | None = None,
+    modalities: Mapping[str, ModalitySpec] | None = None,
+    sources: Sequence[Mapping[str, Any]] = (),
+    license: str = "",
+    notes: Sequence[str] = (),
+) -> CheckpointMeta:
+    """Metadata for ``config`` with the paper's sensors (spec Sec. 1) unless ``modalities`` overrides."""
+    given = dict(modalities or {})
+    mods = {m: given.get(m) or sensor_spec(m, getattr(config, m).in_chans) for m in config.modalities}
+    extra = sorted(set(given) - set(mods))
+    if extra:
+        raise ValueError(f"modalities {extra} are not built by the config ({list(config.modalities)})")
+    meta = CheckpointMeta(
+        config=config,
+        modalities=mods,
+        task=task,
+        class_names=tuple(class_names) if class_names is not None else None,
+        sources=[dict(s) for s in sources],
+        license=license,
+        notes=list(notes),
+    )
+    meta.validate()
+    return meta
+
+
+# ---------------------------------------------------------------------------------- input contract
+@dataclass
+class InputContract:
+    """What a sample fed to the model must look like: the bands, and normalised values.
+
+    ``check_sample`` raises ValueError/TypeError with the fix; :func:`load_pretrained` runs it
+    before every forward (a forward pre-hook).
+    """
+
+    modalities: dict[str, ModalitySpec]
+    dated: tuple[str, ...] = ()
+
+    def normalise(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of ``sample`` with each modality normalised by the checkpoint's mean/std."""
+        out = dict(sample)
+        for m, spec in self.modalities.items():
+            if m in out:
+                out[m] = spec.normalise(out[m])
+        return out
+
+    def check_sample(self, sample: Mapping[str, Any], check_values: bool = True) -> None:
+        for m in MODALITIES:
+            if m not in sample:
+                continue
+            if m not in self.modalities:
+                raise ValueError(
+                    f"{m} was given but this checkpoint has no {m} encoder; it takes {list(self.modalities)}"
+                )
+            spec, x = self.modalities[m], sample[m]
+            if not isinstance(x, Tensor):
+                raise TypeError(f"{m} must be a torch.Tensor, got {type(x).__name__}")
+            fix = f"normalise it: contract.normalise(sample) or meta.modalities['{m}'].normalise(x)"
+            if not x.is_floating_point():
+                raise TypeError(
+                    f"{m} is {x.dtype}: raw {spec.units} values? The model takes floating-point inputs "
+                    f"normalised with the checkpoint's mean/std; {fix}"
+                )
+            want = 4 if m == "hr" else 5
+            if x.dim() != want:
+                layout = "(B, C, H, W)" if m == "hr" else "(B, T, C, H, W)"
+                raise ValueError(f"{m} must have shape {layout}, got {tuple(x.shape)}")
+            if x.shape[-3] != len(spec.bands):
+                raise ValueError(
+                    f"{m} has {x.shape[-3]} bands but the checkpoint expects {len(spec.bands)}: "
+                    f"{', '.join(spec.bands)} (in this order, {spec.units}); select/reorder your bands"
+                )
+            if m in self.dated and f"{m}_dates" not in sample:
+                raise ValueError(
+                    f"{m}_dates (B, T) days since 1970-01-01 are required: this checkpoint dates {m}"
+                )
+            if check_values:
+                pad = sample.get(f"{m}_mask")
+                ok = isinstance(pad, Tensor) and pad.dtype == torch.bool and pad.shape == x.shape[:2]
+                self._check_values(m, spec, x[~pad] if ok and m != "hr" else x, fix)
+
+    @staticmethod
+    def _check_values(m: str, spec: ModalitySpec, x: Tensor, fix: str) -> None:
+        """Raw DN / dB / 0-255 values where normalised ones are expected (on a subsample)."""
+        if x.numel() == 0:
+            return
+        x = x.detach().reshape(-1, *x.shape[-3:])  # (N, C, H, W)
+        n, _, h, w = x.shape
+        step = max(1, int((n * h * w / 16384) ** 0.5))
+        v = x[:, :, ::step, ::step].transpose(0, 1).reshape(x.shape[1], -1).float()  # (C, samples)
+        v = torch.where(torch.isfinite(v), v, torch.zeros(()))
+        medians = v.median(dim=1).values
+        worst = int(medians.abs().argmax())
+        peak = float(v.abs().max())
+        if peak > MAX_ABS or float(medians[worst].abs()) > MAX_ABS_MEDIAN:
+            raise ValueError(
+                f"{m} does not look normalised: band {spec.bands[worst]} has median "
+                f"{float(medians[worst]):.4g} "
+                f"and |values| reach {peak:.4g}, expected values around 0 with unit spread. The checkpoint "
+                f"expects {spec.units} ({spec.description}) normalised with mean {list(spec.mean)} and std "
+                f"{list(spec.std)}; {fix}. (Pass check_inputs=False to load_pretrained to skip this check.)"
+            )
+
+
+def attach_contract(model: nn.Module, contract: InputContract, check_values: bool = True) -> Any:
+    """Check each sample dict fed to ``model`` against ``contract`` (forward pre-hook); returns the handle."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], Mapping):
+            contract.check_sample(args[0], check_values=check_values)
+
+    return model.register_forward_pre_hook(hook)
+
+
+# ---------------------------------------------------------------------------------- load report
+@dataclass
+class LoadReport:
+    """What a load did: every source tensor is loaded or ignored (with a reason); the rest initialised."""
+
+    loaded: dict[str, str] = field(default_factory=dict)  # our key -> source ("file:key")
+    ignored: dict[str, str] = field(default_factory=dict)  # source "file:key" -> reason
+    initialised: list[str] = field(default_factory=list)  # model keys not in the source (fresh init)
+    assumed: dict[str, str] = field(default_factory=dict)  # config field -> why it is not in the weights
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    loaded_numel: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["counts"] = {
+            "loaded": len(self.loaded),
+            "loaded_parameters": self.loaded_numel,
+            "ignored": len(self.ignored),
+            "initialised": len(self.initialised),
+        }
+        return d
+
+    def summary(self) -> str:
+        lines = [f"loaded      {len(self.loaded)} tensors ({self.loaded_numel / 1e6:.2f}M values)"]
+        for s in self.sources:
+            lines.append(
+                f"  from {s.get('file')}  parts={s.get('parts')}  sha256={str(s.get('sha256'))[:16]}..."
+            )
+        lines.append(f"ignored     {len(self.ignored)} tensors")
+        reasons: dict[str, int] = {}
+        for reason in self.ignored.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        lines += [f"  {n} x {reason}" for reason, n in sorted(reasons.items())]
+        lines.append(f"initialised {len(self.initialised)} tensors (not in the source, fresh init)")
+        lines += [f"  {k}" for k in self.initialised[:20]]
+        if len(self.initialised) > 20:
+            lines.append(f"  ... and {len(self.initialised) - 20} more")
+        if self.assumed:
+            lines.append("assumed (not recoverable from the weights):")
+            lines += [f"  {k}: {v}" for k, v in self.assumed.items()]
+        return "\n".join(lines)
+
+
+class Pretrained(NamedTuple):
+    """What :func:`load_pretrained` returns: ``model, meta, report = load_pretrained(path)``."""
+
+    model: nn.Module
+    meta: CheckpointMeta
+    report: LoadReport
+
+
+def _covered(key: str, allow: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p.rstrip(".") + ".") for p in allow)
+
+
+def load_state_checked(
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    report: LoadReport,
+    *,
+    strict: bool = True,
+    allow_missing: Iterable[str] = (),
+) -> None:
+    """Load ``state`` into ``model``: unknown keys and shape mismatches are errors; model keys missing
+    from ``state`` are recorded in ``report.initialised`` and, with ``strict``, refused unless covered
+    by ``allow_missing`` (key prefixes such as ``"geo"`` or ``"align.s1"``)."""
+    allow = tuple(allow_missing)
+    full = model.state_dict()
+    unexpected = sorted(k for k in state if k not in full)
+    if unexpected:
+        raise ValueError(f"{len(unexpected)} tensor(s) have no place in the model: {unexpected[:20]}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(full[k].shape):
+            raise ValueError(
+                f"shape mismatch for {k} (source {report.loaded.get(k, k)}): the model expects "
+                f"{list(full[k].shape)}, found {list(v.shape)}"
+            )
+        if v.is_floating_point() != full[k].is_floating_point():
+            raise ValueError(
+                f"{k} (source {report.loaded.get(k, k)}) is {v.dtype}; the model holds {full[k].dtype}"
+            )
+    missing = [k for k in full if k not in state]
+    report.initialised = missing
+    refused = [k for k in missing if not _covered(k, allow)]
+    if strict and refused:
+        roots = sorted(
+            {".".join(k.split(".")[: 2 if k.startswith(("encoders.", "align.")) else 1]) for k in refused}
+        )
+        raise ValueError(
+            f"{len(refused)} model tensor(s) are not in the checkpoint and would stay at their random "
+            f"initialisation: {refused[:10]}{' ...' if len(refused) > 10 else ''}. Pass "
+            f"allow_missing={tuple(roots)!r} to accept that (e.g. the official release has no geo-context "
+            "prototypes), or build a config without those parts."
+        )
+    full.update(state)
+    model.load_state_dict(full, strict=True)
+    report.loaded_numel = sum(int(state[k].numel()) for k in state)
+
+
+# ---------------------------------------------------------------------------------- our format
+def _unshare(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Detached, contiguous CPU tensors; a tensor sharing storage with an earlier one is cloned."""
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for k, v in state.items():
+        t = v.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen and t.numel():
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
+
+
+def save_state(path: str | Path, state: Mapping[str, Tensor], meta: CheckpointMeta) -> Path:
+    """Write ``state`` (our key names) and ``meta`` as one ``.safetensors`` file, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: our checkpoint format is a single '.safetensors' file; use that suffix")
+    meta.validate()
+    header = {"format": "pt", META_KEY: meta.to_json(), "skysense_format_version": str(meta.format_version)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        save_file(_unshare(state), tmp, metadata=header)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_pretrained(model: nn.Module, path: str | Path, meta: CheckpointMeta | None = None) -> Path:
+    """Save a :class:`~skysense.models.skysense.SkySense` model with its metadata (default: the
+    paper's sensors and statistics for the model's config, task ``encoder``)."""
+    cfg: SkySenseConfig = model.cfg  # type: ignore[assignment]
+    meta = meta if meta is not None else default_meta(cfg)
+    if meta.config.to_dict() != cfg.to_dict():
+        raise ValueError("meta.config differs from the model's config; build the metadata from model.cfg")
+    return save_state(path, model.state_dict(), meta)
+
+
+def read_meta(path: str | Path) -> CheckpointMeta:
+    """The metadata of one of our ``.safetensors`` files, without reading the tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for a corrupt header
+        raise ValueError(f"{path}: not a readable safetensors file: {e}") from None
+    if META_KEY not in header:
+        raise ValueError(
+            f"{path}: a safetensors file without skysense metadata; it was not written by "
+            "skysense.save_pretrained / skysense convert"
+        )
+    return CheckpointMeta.from_json(header[META_KEY], where=str(path))
+
+
+def _is_official(path: Path) -> bool:
+    return path.is_dir() or path.suffix in (".pth", ".pt", ".bin", ".ckpt")
+
+
+def load_pretrained(
+    path: str | Path | Sequence[str | Path],
+    *,
+    strict: bool = True,
+    allow_missing: Iterable[str] = (),
+    check_inputs: bool = True,
+    preset: str | None = None,
+    hr_bands: int | None = None,
+    geo: bool = True,
+) -> Pretrained:
+    """Load our ``.safetensors`` checkpoint, or official SkySense ``.pth`` files (one or several
+    paths, or a directory holding them), into a ready model in eval mode.
+
+    ``strict``: refuse when model tensors are missing from the checkpoint, unless ``allow_missing``
+    names them (key prefixes: ``"geo"``, ``"fusion"``, ``"align.s1"``, ...); the official release
+    has no geo-context prototypes, so official files need ``allow_missing=("geo",)`` or
+    ``geo=False`` (a config without geo-context). ``check_inputs``: check every sample fed to the
+    model against the checkpoint's input contract. ``preset``/``hr_bands``/``geo`` apply to official
+    files only (see :func:`skysense.convert.convert_official`).
+    """
+    from skysense.models.skysense import SkySense
+
+    paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
+    if not paths:
+        raise ValueError("no checkpoint path given")
+    if len(paths) == 1 and paths[0].suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        meta = read_meta(paths[0])
+        state = load_file(str(paths[0]))
+        report = LoadReport(loaded={k: f"{paths[0].name}:{k}" for k in state}, sources=list(meta.sources))
+    elif all(_is_official(p) or "=" in str(p) for p in paths):
+        from skysense.convert import convert_official
+
+        conv = convert_official([str(p) for p in paths], preset=preset, hr_bands=hr_bands, geo=geo)
+        meta, state, report = conv.meta, conv.state, conv.report
+    else:
+        raise ValueError(
+            f"{[str(p) for p in paths]}: expected one skysense '.safetensors' file or official SkySense "
+            "'.pth' files (or a directory of them)"
+        )
+    model = SkySense(meta.config)
+    load_state_checked(model, state, report, strict=strict, allow_missing=allow_missing)
+    model.eval()
+    if check_inputs:
+        attach_contract(model, meta.contract)
+    return Pretrained(model, meta, report)
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointMeta",
+    "InputContract",
+    "LoadReport",
+    "ModalitySpec",
+    "Pretrained",
+    "UnsafeCheckpointError",
+    "attach_contract",
+    "default_meta",
+    "load_pretrained",
+    "load_state_checked",
+    "read_meta",
+    "safe_torch_load",
+    "save_pretrained",
+    "save_state",
+    "sensor_spec",
+    "sha256_file",
+]

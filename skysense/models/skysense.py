@@ -1,0 +1,232 @@
+"""The factorised multi-modal spatiotemporal encoder of SkySense (paper Sec. 3.1, Fig. 2).
+
+``F_i = g_i(x_i)`` per modality and date (Swin-V2 for ``hr``, ViT for ``s2``/``s1``, time folded
+into the batch), alignment heads put ``s2``/``s1`` on the ``hr`` stage-4 grid, temporal fusion
+with DTPE and an extra token gives ``F_fus_mm`` per cell, geo-context attention gives ``F_fus``.
+
+Input: a batched sample dict with any subset of the built modalities::
+
+    hr        (B, C, H, W)          float, normalised
+    s2, s1    (B, T, C, H, W)       float, normalised; T may differ between modalities
+    s2_dates  (B, T) int64          days since 1970-01-01 (skysense.dates); also s1_dates
+    s2_mask   (B, T) bool           True = padded time step (optional, default no padding)
+    hr_dates  (B,) or (B, 1) int64  optional: adds DTPE to the hr token too
+    lat, lon  (B,) float degrees    optional: picks the geo-context region
+
+Output (a dict, keys present for the modalities given)::
+
+    hr        list of 4 maps (B, C_i, H/4/2^i, W/4/2^i)
+    s2, s1    list of maps (B, T, D, h, w), one per ``out_indices`` layer, zero on padded steps
+    s2_aligned, s1_aligned  (B, T, C_hr4, gh, gw) on the fused grid
+    fused_mm  (B, D_fus, gh, gw)    F_fus_mm
+    fused     (B, D_fus + d, gh, gw) F_fus (F_fus_mm when the config has no geo-context)
+    region    (B,) int64            geo-context region, -1 without a location
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from skysense.config import MODALITIES, SkySenseConfig, get_preset
+from skysense.dates import check_days
+from skysense.models.alignment import AlignmentHead, resample_to_grid
+from skysense.models.geo_context import GeoContext
+from skysense.models.swin import SwinTransformerV2
+from skysense.models.temporal_fusion import TemporalFusion
+from skysense.models.vit import VisionTransformer
+
+SERIES: tuple[str, ...] = ("s2", "s1")
+# Keys a sample may carry besides the model inputs (targets and metadata of the data layer).
+PASSIVE_KEYS = {"label", "target", "meta", "id", "hr_pre", "hr_post"}
+
+
+class SkySense(nn.Module):
+    """SkySense encoder; ``encoders``/``align`` are keyed by modality (``hr``, ``s2``, ``s1``)."""
+
+    def __init__(self, cfg: SkySenseConfig) -> None:
+        super().__init__()
+        if not cfg.modalities:
+            raise ValueError("the config builds no modality: set at least one of hr, s2, s1")
+        self.cfg = cfg
+        grid_dim = cfg.aligned_dim
+        if cfg.hr is not None and cfg.fusion.in_dim != grid_dim:
+            raise ValueError(f"fusion.in_dim={cfg.fusion.in_dim} must equal the hr stage-4 width {grid_dim}")
+        self.encoders = nn.ModuleDict()
+        self.align = nn.ModuleDict()
+        if cfg.hr is not None:
+            self.encoders["hr"] = SwinTransformerV2(cfg.hr)
+        for m in SERIES:
+            vit_cfg = getattr(cfg, m)
+            if vit_cfg is None:
+                continue
+            if vit_cfg.depth - 1 not in vit_cfg.out_indices:
+                raise ValueError(f"{m}.out_indices must include the last layer {vit_cfg.depth - 1}")
+            self.encoders[m] = VisionTransformer(vit_cfg)
+            self.align[m] = AlignmentHead(vit_cfg.embed_dim, grid_dim, vit_cfg.patch_size)
+        self.fusion = TemporalFusion(cfg.fusion)
+        self.geo = GeoContext(cfg.geo, cfg.fusion.embed_dim) if cfg.geo is not None else None
+        self.out_dim = self.geo.out_dim if self.geo is not None else cfg.fusion.embed_dim
+        self.set_grad_checkpointing(cfg.grad_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations of every transformer block in backward (memory for compute)."""
+        for module in [*self.encoders.values(), self.fusion]:
+            module.grad_checkpointing = enable
+
+    # ------------------------------------------------------------------ input contract
+    def check_inputs(self, sample: dict[str, Any]) -> tuple[list[str], int]:
+        """Validate a batched sample; return the modalities present and the batch size.
+
+        Raises ValueError/TypeError naming the key and what to do, before any compute.
+        """
+        allowed = set(PASSIVE_KEYS) | {"lat", "lon"}
+        for m in MODALITIES:
+            allowed |= {m, f"{m}_dates", f"{m}_mask", f"{m}_invalid"}
+        unknown = sorted(k for k in sample if k not in allowed)
+        if unknown:
+            raise ValueError(
+                f"unknown input key(s) {unknown}: modalities are {list(MODALITIES)} with optional "
+                "'<mod>_dates', '<mod>_mask', plus 'lat', 'lon'"
+            )
+        present = [m for m in MODALITIES if m in sample]
+        if not present:
+            raise ValueError(f"the sample holds no modality: give at least one of {list(self.cfg.modalities)}")
+        batch: int | None = None
+        for m in present:
+            if m not in self.encoders:
+                raise ValueError(
+                    f"modality {m!r} was given but this model ({self.cfg.name}) has no {m} encoder; "
+                    f"it was built for {list(self.cfg.modalities)}"
+                )
+            x = sample[m]
+            if not isinstance(x, Tensor) or not x.is_floating_point():
+                kind = x.dtype if isinstance(x, Tensor) else type(x).__name__
+                raise TypeError(f"{m} must be a floating-point tensor (got {kind}); normalise it first")
+            want = 4 if m == "hr" else 5
+            if x.dim() != want:
+                layout = "(B, C, H, W)" if m == "hr" else "(B, T, C, H, W)"
+                raise ValueError(f"{m} must have shape {layout}, got {tuple(x.shape)} ({x.dim()}-D)")
+            bands = getattr(self.cfg, m).in_chans
+            if x.shape[-3] != bands:
+                raise ValueError(
+                    f"{m} has {x.shape[-3]} bands but the model expects {bands}; "
+                    "check the band selection/order of your data"
+                )
+            if batch is None:
+                batch = x.shape[0]
+            elif x.shape[0] != batch:
+                raise ValueError(f"batch sizes differ: {m} has {x.shape[0]}, another modality {batch}")
+            if m in SERIES:
+                self._check_series(sample, m, x.shape[0], x.shape[1])
+                pad = sample.get(f"{m}_mask")
+                x = x[~pad] if pad is not None else x  # padded steps may hold anything
+            if not torch.isfinite(x).all():
+                bad = int((~torch.isfinite(x)).sum())
+                raise ValueError(
+                    f"{m} contains {bad} NaN/inf values: replace nodata by 0 and flag it in "
+                    f"'{m}_invalid' (the skysense data readers do this)"
+                )
+        assert batch is not None
+        if ("lat" in sample) != ("lon" in sample):
+            raise ValueError("give both 'lat' and 'lon' (degrees) or neither")
+        if "lat" in sample:
+            lat, lon = torch.as_tensor(sample["lat"]), torch.as_tensor(sample["lon"])
+            if lat.shape != (batch,) or lon.shape != (batch,):
+                raise ValueError(f"lat/lon must have shape ({batch},), got {tuple(lat.shape)}/{tuple(lon.shape)}")
+            if not (torch.isfinite(lat).all() and torch.isfinite(lon).all()):
+                raise ValueError("lat/lon contain NaN/inf")
+            if lat.abs().max() > 90 or lon.abs().max() > 360:
+                raise ValueError("lat must be in [-90, 90] and lon in [-180, 360] degrees (WGS84)")
+        return present, batch
+
+    def _check_series(self, sample: dict[str, Any], m: str, b: int, t: int) -> None:
+        mask = sample.get(f"{m}_mask")
+        if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != (b, t)):
+            raise ValueError(f"{m}_mask must be a bool tensor of shape ({b}, {t}), True = padded step")
+        key = f"{m}_dates"
+        if self.fusion.dtpe is not None and key not in sample:
+            raise ValueError(f"{key} (B, T) is required: the fusion encodes acquisition dates (DTPE)")
+        if key in sample:
+            days = sample[key]
+            if not isinstance(days, Tensor) or days.shape != (b, t):
+                shape = tuple(days.shape) if isinstance(days, Tensor) else type(days).__name__
+                raise ValueError(f"{key} must have shape (B, T) = ({b}, {t}) to match {m}, got {shape}")
+            check_days(days[~mask] if mask is not None else days, key)
+
+    # ------------------------------------------------------------------ forward
+    def encode_series(self, m: str, x: Tensor, pad: Tensor) -> list[Tensor]:
+        """Run the spatial encoder on the valid dates only: (B, T, C, H, W) -> maps (B, T, D, h, w).
+
+        Padded steps never reach the encoder, so their content cannot change anything.
+        """
+        b, t = x.shape[:2]
+        valid = ~pad
+        maps = self.encoders[m](x[valid])  # each (N_valid, D, h, w)
+        out = []
+        for f in maps:
+            full = f.new_zeros(b, t, *f.shape[1:])
+            full[valid] = f
+            out.append(full)
+        return out
+
+    def forward(self, sample: dict[str, Any]) -> dict[str, Any]:
+        present, b = self.check_inputs(sample)
+        out: dict[str, Any] = {}
+        grid: tuple[int, int] | None = None
+        tokens, days, dated, pads = [], [], [], []
+        if "hr" in present:
+            pyramid = self.encoders["hr"](sample["hr"])
+            out["hr"] = pyramid
+            top = pyramid[-1]  # (B, C4, gh, gw)
+            grid = (top.shape[-2], top.shape[-1])
+            tokens.append(top.unsqueeze(1))
+            hr_days = sample.get("hr_dates")
+            has = hr_days is not None and "hr" in self.cfg.fusion.dtpe_modalities
+            days.append(hr_days.reshape(b, 1) if has else top.new_zeros(b, 1, dtype=torch.int64))
+            dated.append(torch.full((b, 1), has, dtype=torch.bool, device=top.device))
+            pads.append(torch.zeros(b, 1, dtype=torch.bool, device=top.device))
+        for m in (s for s in SERIES if s in present):
+            x = sample[m]
+            t = x.shape[1]
+            pad = sample.get(f"{m}_mask")
+            pad = torch.zeros(b, t, dtype=torch.bool, device=x.device) if pad is None else pad
+            maps = self.encode_series(m, x, pad)
+            out[m] = maps
+            last = maps[-1].flatten(0, 1)  # (B*T, D, h, w)
+            aligned = self.align[m](last)
+            if grid is None:
+                grid = (aligned.shape[-2], aligned.shape[-1])
+            aligned = resample_to_grid(aligned, grid).unflatten(0, (b, t))  # (B, T, C4, gh, gw)
+            out[f"{m}_aligned"] = aligned
+            tokens.append(aligned)
+            m_days = sample.get(f"{m}_dates")
+            days.append(m_days if m_days is not None else torch.zeros(b, t, dtype=torch.int64, device=x.device))
+            use_dates = m_days is not None and m in self.cfg.fusion.dtpe_modalities
+            dated.append(~pad if use_dates else torch.zeros_like(pad))
+            pads.append(pad)
+        feats = torch.cat(tokens, dim=1)  # (B, L, C4, gh, gw)
+        fused_mm = self.fusion(feats, torch.cat(days, 1), torch.cat(dated, 1), torch.cat(pads, 1))
+        out["fused_mm"] = fused_mm
+        region = None
+        if "lat" in sample:
+            region = self.geo.regions(sample["lat"], sample["lon"]) if self.geo is not None else None
+        out["region"] = region if region is not None else torch.full((b,), -1, dtype=torch.int64)
+        out["fused"] = self.geo(fused_mm, region) if self.geo is not None else fused_mm
+        return out
+
+
+def build_model(config: str | SkySenseConfig, **overrides: Any) -> SkySense:
+    """A SkySense encoder from a preset name (``tiny`` ... ``huge``) or a config.
+
+    ``overrides`` set top-level config fields, e.g. ``s1=None`` for an hr+s2 model or
+    ``grad_checkpointing=True``.
+    """
+    cfg = get_preset(config) if isinstance(config, str) else config
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise ValueError(f"unknown SkySenseConfig field {key!r}")
+        setattr(cfg, key, value)
+    return SkySense(cfg)

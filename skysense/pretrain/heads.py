@@ -1,0 +1,80 @@
+"""DINO-style projection heads for L_CL of MGCL (paper Sec. 3.2, Eq. 5-8) and the CMA projection.
+
+Head: MLP (in -> hidden -> ... -> bottleneck, GELU) -> l2-normalised bottleneck -> prototype layer
+whose weight rows are l2-normalised on the fly (weight normalisation with the gain fixed at 1,
+DINO's ``norm_last_layer``), giving K = ``out_dim`` logits.
+
+Choice [open]: one head per feature **stream** (``hr``, ``s2``, ``s1``, ``fused``), shared by the
+pixel, object and image granularities (as iBOT shares its head between patch and class tokens):
+the streams have different widths and statistics, while the granularities of one stream live in
+the same feature space. ``share_granularities=False`` builds one head per (stream, granularity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+GRANULARITIES: tuple[str, ...] = ("pix", "obj", "img")
+
+
+@dataclass
+class HeadConfig:
+    """Sizes of the projection heads. Paper sizes are unpublished [open]; DINO uses 2048/256/65536,
+    but pixel-level targets on every cell and date make a smaller K the sensible default."""
+
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    out_dim: int = 8192  # K, prototypes of the L_CL distributions
+    n_layers: int = 3
+    share_granularities: bool = True
+    cma_dim: int = 256  # width of the shared cross-modal embedding (0 = use the aligned features as-is)
+
+
+class DINOHead(nn.Module):
+    """(..., in_dim) -> (..., out_dim) logits."""
+
+    def __init__(self, in_dim: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        dims = [in_dim] + [cfg.hidden_dim] * (cfg.n_layers - 1) + [cfg.bottleneck_dim]
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        self.prototypes = nn.Linear(cfg.bottleneck_dim, cfg.out_dim, bias=False)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = F.normalize(self.mlp(x), dim=-1)  # (..., bottleneck)
+        return F.linear(z, F.normalize(self.prototypes.weight, dim=-1))  # cosine logits in [-1, 1]
+
+
+class ProjectionHeads(nn.Module):
+    """Heads keyed by stream (or ``stream.granularity``) plus the shared CMA projection.
+
+    ``dims``: feature width of every stream, e.g. ``{"hr": 128, "s2": 32, "s1": 32, "fused": 48}``;
+    ``cma_in``: width of the aligned modality features (the hr stage-4 width), 0 for no CMA projection.
+    """
+
+    def __init__(self, dims: dict[str, int], cfg: HeadConfig, cma_in: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.heads = nn.ModuleDict()
+        for stream, dim in dims.items():
+            if cfg.share_granularities:
+                self.heads[stream] = DINOHead(dim, cfg)
+            else:
+                for g in GRANULARITIES:
+                    self.heads[f"{stream}_{g}"] = DINOHead(dim, cfg)
+        self.cma: nn.Module = nn.Linear(cma_in, cfg.cma_dim) if cma_in and cfg.cma_dim else nn.Identity()
+
+    def forward(self, stream: str, granularity: str, x: Tensor) -> Tensor:
+        key = stream if self.cfg.share_granularities else f"{stream}_{granularity}"
+        return self.heads[key](x)

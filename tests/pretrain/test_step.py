@@ -1,0 +1,119 @@
+"""The pre-training step end to end on the tiny model: losses, gradients, descent, padding, determinism."""
+
+import copy
+
+import pytest
+import torch
+
+from skysense.models.skysense import build_model
+from skysense.pretrain.heads import HeadConfig
+from skysense.pretrain.losses import LossConfig
+from skysense.pretrain.step import PretrainConfig, build_pretrain, pretrain_step
+from skysense.pretrain.teacher import ema_update_
+from skysense.pretrain.views import ViewConfig
+
+B = 2
+# Outputs of the hr pyramid levels 0-2 (their norms) feed no pre-training loss: only stage 4 does.
+UNUSED = {f"backbone.encoders.hr.norm{i}.{w}" for i in range(3) for w in ("weight", "bias")}
+
+
+def make_batch(seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    days = torch.tensor([18300, 18330, 18390, 18450])
+    return {
+        "hr": torch.randn(B, 3, 128, 128, generator=g),
+        "s2": torch.randn(B, 4, 10, 16, 16, generator=g),
+        "s2_dates": days.expand(B, -1).clone(),
+        "s2_mask": torch.tensor([[False] * 4, [False, False, True, True]]),  # sample 1: 2 padded dates
+        "s1": torch.randn(B, 3, 2, 16, 16, generator=g),
+        "s1_dates": days[:3].expand(B, -1).clone(),
+        "lat": torch.tensor([45.0, -12.5]),
+        "lon": torch.tensor([7.0, 130.0]),
+    }
+
+
+def make_cfg(**loss) -> PretrainConfig:
+    return PretrainConfig(
+        views=ViewConfig(num_dates={"s2": 3, "s1": 2}, date_jitter=5, hr_jitter=0.1),
+        heads=HeadConfig(hidden_dim=64, bottleneck_dim=32, out_dim=64),
+        loss=LossConfig(num_clusters=4, **loss),
+    )
+
+
+@pytest.fixture(scope="module")
+def state():
+    torch.manual_seed(0)
+    cfg = make_cfg()
+    return (*build_pretrain(build_model("tiny"), cfg), cfg)
+
+
+def run(state, batch, seed=1, cfg=None):
+    student, teacher, centers, default = copy.deepcopy(state)
+    torch.manual_seed(seed)  # drop-path of the student
+    out = pretrain_step(student, teacher, centers, batch, cfg or default, torch.Generator().manual_seed(seed))
+    return out, student, teacher, centers
+
+
+def test_step_all_losses_and_gradients(state):
+    out, student, _, _ = run(state, make_batch())
+    streams = ("hr", "s2", "s1", "fused")
+    want = {f"{g}/{s}" for g in ("pix", "obj", "img") for s in streams} | {"mgcl", "cma", "loss"}
+    assert set(out.losses) == want
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    assert {"teacher_entropy", "feature_std"} <= set(out.monitors)
+    out.losses["loss"].backward()
+    trainable = {n: p for n, p in student.named_parameters() if p.requires_grad}
+    assert "backbone.geo.prototypes" not in trainable  # moved by GCPL only
+    no_grad = {n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0}
+    assert no_grad == UNUSED & set(trainable), sorted(no_grad)
+    assert all(torch.isfinite(p.grad).all() for p in trainable.values() if p.grad is not None)
+
+
+def test_gcpl_moves_only_the_batch_regions(state):
+    before = state[0].backbone.geo.prototypes.detach().clone()
+    _, student, _, _ = run(state, make_batch())
+    after = student.backbone.geo.prototypes.detach()
+    regions = student.backbone.geo.regions(make_batch()["lat"], make_batch()["lon"]).tolist()
+    changed = [r for r in range(after.shape[0]) if not torch.equal(after[r], before[r])]
+    assert sorted(changed) == sorted(set(regions))
+
+
+def test_few_adamw_steps_lower_the_loss(state):
+    student, teacher, centers, cfg = copy.deepcopy(state)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-3)
+    batch, losses = make_batch(), []
+    for _ in range(5):
+        torch.manual_seed(0)
+        out = pretrain_step(student, teacher, centers, batch, cfg, torch.Generator().manual_seed(0))
+        loss = out.losses["loss"]
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema_update_(teacher, student, 0.996)
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0], losses
+
+
+def test_padded_dates_change_no_loss_and_seed_is_deterministic(state):
+    batch = make_batch()
+    ref = run(state, batch)[0].losses
+    again = run(state, make_batch())[0].losses
+    other = make_batch()
+    pad = other["s2_mask"]
+    other["s2"][pad] = 1e3 * torch.randn_like(other["s2"][pad])
+    other["s2_dates"][pad] = 0
+    changed = run(state, other)[0].losses
+    for k, v in ref.items():
+        assert torch.equal(v, again[k]), k
+        assert torch.equal(v, changed[k]), k
+
+
+def test_flags_switch_terms_off(state):
+    cfg = make_cfg(pix=False, cma=False, gcpl=False, streams=("s2", "fused"))
+    out, student, _, _ = run(state, make_batch(), cfg=cfg)
+    assert set(out.losses) == {"obj/s2", "img/s2", "obj/fused", "img/fused", "mgcl", "loss"}
+    assert torch.equal(student.backbone.geo.prototypes, state[0].backbone.geo.prototypes)
+    cfg = make_cfg(pix=False, obj=False, img=False, gcpl=False)
+    out, _, _, _ = run(state, make_batch(), cfg=cfg)
+    assert set(out.losses) == {"mgcl", "cma", "loss"} and float(out.losses["mgcl"].detach()) == 0
