@@ -267,6 +267,7 @@ def main() -> None:
     ap.add_argument(
         "--fusion-reps", type=int, default=1, help="timed fusion calls per mode (about a minute each)"
     )
+    ap.add_argument("--fusion-cells", type=int, default=64, help="side of the fused grid (paper: 64)")
     ap.add_argument("--out", default="encoders.json")
     args = ap.parse_args()
     setup()
@@ -288,7 +289,7 @@ def main() -> None:
     if "vit" in only and args.large:
         jobs.append(("vit-large", lambda: bench_pair(vit_cases("large", batch), modes, rounds, reps)))
     if "fusion" in only:
-        cells, dates = (8, (1, 2, 1)) if args.quick else (64, (1, 20, 10))
+        cells, dates = (8, (1, 2, 1)) if args.quick else (args.fusion_cells, (1, 20, 10))
         eager = [m for m in modes if m in ("fp32", "bf16")]
         jobs.append(("fusion", lambda: bench_fusion(preset, cells, dates, eager, args.fusion_reps)))
     rows: list[dict[str, Any]] = []

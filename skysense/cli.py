@@ -23,6 +23,12 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
     data_cli.add_commands(sub)
 
 
+def _register_checkpoint(sub: argparse._SubParsersAction) -> None:
+    from skysense import checkpoint_cli
+
+    checkpoint_cli.add_commands(sub)
+
+
 def _register_demo(sub: argparse._SubParsersAction) -> None:
     from skysense import demo
 
@@ -36,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for register in (_register_model, _register_data, _register_demo):
+    for register in (_register_model, _register_data, _register_checkpoint, _register_demo):
         register(sub)
     return parser
 

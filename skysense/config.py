@@ -74,6 +74,10 @@ class FusionConfig:
     # Modalities whose dated tokens get DTPE. The paper adds it to all; the released reference
     # pipeline to s2 only (set ("s2",) to reproduce it exactly).
     dtpe_modalities: tuple[str, ...] = ("hr", "s2", "s1")
+    # Row of a date: "noleap" = same month/day of a common year (Feb 29 -> Feb 28's row);
+    # "doy" = day of year - 1 as the released code (leap-year dates after Feb 28 shift by one,
+    # Dec 31 of a leap year is clamped to the last row). Converted official weights use "doy".
+    dtpe_calendar: str = "noleap"
 
 
 @dataclass
@@ -158,17 +162,29 @@ def _preset(
     fwidth, fdepth, fheads = fusion
     lat, lon, n_p, pdim = geo
     out = [max(0, (i + 1) * depth // 4 - 1) for i in range(4)]  # e.g. 5, 11, 17, 23 for depth 24
-    hr = SwinConfig(embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
-                    extra_norm_every=extra_norm_every)
-    vit_cfg = {"embed_dim": width, "depth": depth, "num_heads": vheads, "patch_size": patch,
-               "img_size": img, "out_indices": tuple(sorted(set(out)))}
+    hr = SwinConfig(
+        embed_dim=embed, depths=depths, num_heads=heads, window_size=window, extra_norm_every=extra_norm_every
+    )
+    vit_cfg = {
+        "embed_dim": width,
+        "depth": depth,
+        "num_heads": vheads,
+        "patch_size": patch,
+        "img_size": img,
+        "out_indices": tuple(sorted(set(out))),
+    }
     return SkySenseConfig(
         name=name,
         hr=hr,
         s2=ViTConfig(in_chans=10, **vit_cfg),  # type: ignore[arg-type]
         s1=ViTConfig(in_chans=2, **vit_cfg),  # type: ignore[arg-type]
-        fusion=FusionConfig(in_dim=hr.out_channels[-1], embed_dim=fwidth, depth=fdepth, num_heads=fheads,
-                            drop_path=0.3 if fdepth >= 12 else 0.1),
+        fusion=FusionConfig(
+            in_dim=hr.out_channels[-1],
+            embed_dim=fwidth,
+            depth=fdepth,
+            num_heads=fheads,
+            drop_path=0.3 if fdepth >= 12 else 0.1,
+        ),
         geo=GeoContextConfig(lat_bands=lat, lon_bands=lon, num_prototypes=n_p, dim=pdim),
     )
 
@@ -177,17 +193,39 @@ def _preset(
 #         (fusion width, depth, heads), (lat bands, lon bands, prototypes, prototype dim)
 PRESETS: dict[str, SkySenseConfig] = {
     # tiny: a few hundred thousand parameters; patch 2 keeps the s2/s1 grids non-trivial at 8-16 px.
-    "tiny": _preset("tiny", (16, (1, 1, 3, 1), (1, 2, 2, 4), 4), (32, 2, 2, 2, 16), (32, 2, 2),
-                    (4, 4, 8, 16), extra_norm_every=3),
-    "small": _preset("small", (96, (2, 2, 6, 2), (3, 6, 12, 24), 8), (384, 12, 6, 4, 64), (384, 6, 6),
-                     (16, 16, 50, 256)),
-    "base": _preset("base", (128, (2, 2, 18, 2), (4, 8, 16, 32), 8), (768, 12, 12, 4, 64), (768, 12, 12),
-                    (32, 32, 100, 384)),
-    "large": _preset("large", (192, (2, 2, 18, 2), (6, 12, 24, 48), 8), (1024, 24, 16, 4, 64),
-                     (1024, 24, 16), (64, 64, 100, 512)),
+    "tiny": _preset(
+        "tiny",
+        (16, (1, 1, 3, 1), (1, 2, 2, 4), 4),
+        (32, 2, 2, 2, 16),
+        (32, 2, 2),
+        (4, 4, 8, 16),
+        extra_norm_every=3,
+    ),
+    "small": _preset(
+        "small", (96, (2, 2, 6, 2), (3, 6, 12, 24), 8), (384, 12, 6, 4, 64), (384, 6, 6), (16, 16, 50, 256)
+    ),
+    "base": _preset(
+        "base",
+        (128, (2, 2, 18, 2), (4, 8, 16, 32), 8),
+        (768, 12, 12, 4, 64),
+        (768, 12, 12),
+        (32, 32, 100, 384),
+    ),
+    "large": _preset(
+        "large",
+        (192, (2, 2, 18, 2), (6, 12, 24, 48), 8),
+        (1024, 24, 16, 4, 64),
+        (1024, 24, 16),
+        (64, 64, 100, 512),
+    ),
     # huge: the paper's model (spec Sec. 2).
-    "huge": _preset("huge", (352, (2, 2, 18, 2), (8, 16, 32, 64), 8), (1024, 24, 16, 4, 64),
-                    (1024, 24, 16), (64, 64, 100, 512)),
+    "huge": _preset(
+        "huge",
+        (352, (2, 2, 18, 2), (8, 16, 32, 64), 8),
+        (1024, 24, 16, 4, 64),
+        (1024, 24, 16),
+        (64, 64, 100, 512),
+    ),
 }
 
 

@@ -358,7 +358,7 @@ def _infer_vit(
 def _infer_fusion(
     sd: Mapping[str, Tensor], base: FusionConfig, in_dim: int, assumed: dict[str, str]
 ) -> FusionConfig:
-    cfg = dataclasses.replace(base, in_dim=in_dim, dtpe_modalities=("s2",))
+    cfg = dataclasses.replace(base, in_dim=in_dim, dtpe_modalities=("s2",), dtpe_calendar="doy")
     if "fusion.dtpe" in sd:
         days, dim = _shape(sd, "fusion.dtpe")[1:]
         cfg = dataclasses.replace(cfg, use_dtpe=True, dtpe_days=days, in_dim=dim)
@@ -420,7 +420,7 @@ def _check_heads(assumed: Mapping[str, str]) -> None:
 
 def _check_preset(cfg: SkySenseConfig, preset: SkySenseConfig, name: str) -> None:
     """Every value read from the weights must equal the preset's (hr may have gained bands)."""
-    skip = {"drop_path", "use_dtpe", "dtpe_modalities", "name"}
+    skip = {"drop_path", "use_dtpe", "dtpe_modalities", "dtpe_calendar", "name"}
     bad = []
     for part in ("hr", "s2", "s1", "fusion"):
         ours, theirs = getattr(cfg, part), getattr(preset, part)

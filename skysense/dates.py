@@ -68,15 +68,24 @@ def civil_from_days(days: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return year, month, day
 
 
-def dtpe_index(days: torch.Tensor) -> torch.Tensor:
-    """Row of the 365-row DTPE table for each date: the 0-based day of year on a non-leap calendar.
+def dtpe_index(days: torch.Tensor, calendar: str = "noleap", rows: int = 365) -> torch.Tensor:
+    """Row of the DTPE table for each date.
 
-    ``days`` (any shape) int64 days since 1970-01-01 -> same shape, values in [0, 364].
-    Feb 29 -> row 58 (Feb 28); Mar 1 -> row 59 in every year.
+    ``days`` (any shape) int64 days since 1970-01-01 -> same shape, values in [0, rows - 1].
+    ``calendar="noleap"``: the 0-based day of year on a non-leap calendar: Feb 29 -> row 58
+    (Feb 28), Mar 1 -> row 59 in every year. ``calendar="doy"``: day of year - 1, as the
+    released SkySense code indexes ``ctpe[:, doy - 1]``; Dec 31 of a leap year (doy 366) is
+    clamped to the last row where the released code would index out of range.
     """
-    _, month, day = civil_from_days(days)
+    year, month, day = civil_from_days(days)
     start = _MONTH_START.to(days.device)[month - 1]
-    return start + torch.clamp(day, max=torch.where(month == 2, 28, 31)) - 1
+    if calendar == "noleap":
+        return start + torch.clamp(day, max=torch.where(month == 2, 28, 31)) - 1
+    if calendar == "doy":
+        leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
+        doy = start + day + (leap & (month > 2)).to(torch.int64)  # 1-based
+        return torch.clamp(doy - 1, max=rows - 1)
+    raise ValueError(f"unknown DTPE calendar {calendar!r}: use 'noleap' or 'doy'")
 
 
 def check_days(days: torch.Tensor, name: str = "dates") -> None:

@@ -58,7 +58,9 @@ def load_sen1floods11(root: Path) -> dict[str, Any]:
     chip = s2_path.name.split("_S2Hand")[0]
     meta = json.loads((base / "Sen1Floods11_Metadata.geojson").read_text())
     # Chip ids are "<Location>_<number>"; the metadata has one entry per location.
-    props = next(f["properties"] for f in meta["features"] if f["properties"]["location"] == chip.split("_")[0])
+    props = next(
+        f["properties"] for f in meta["features"] if f["properties"]["location"] == chip.split("_")[0]
+    )
     s1n = _normalise(s1, S1_MEAN, S1_STD)
     s1n[:, torch.from_numpy(invalid)] = 0.0
     return {
@@ -108,7 +110,9 @@ def pca_rgb(features: Tensor) -> np.ndarray:
 def load_aid(root: Path, count: int) -> tuple[Tensor, list[str]]:
     from PIL import Image
 
-    files = sorted((root / "aid").glob("*/*.jpg"))[:: max(1, len(list((root / "aid").glob("*/*.jpg"))) // count)]
+    files = sorted((root / "aid").glob("*/*.jpg"))[
+        :: max(1, len(list((root / "aid").glob("*/*.jpg"))) // count)
+    ]
     files = files[:count]
     imgs = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float32).transpose(2, 0, 1) for f in files]
     return torch.stack([_normalise(i, HR_MEAN, HR_STD) for i in imgs]), [f.parent.name for f in files]

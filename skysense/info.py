@@ -35,7 +35,8 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
         counts[f"align_{m}"] = _count(align[m]) if m in align else 0
     # The paper's "tokenizers" (0.21M for huge) matches the patch-embedding conv weights (0.2135M).
     counts["tokenizers"] = sum(e.patch_embed.projection.weight.numel() for e in encoders.values())
-    counts["fusion"] = _count(model.fusion)
+    fusion: Any = model.fusion
+    counts["fusion"] = _count(fusion)
     geo: Any = model.geo
     counts["prototypes"] = 0 if geo is None else geo.prototypes.numel()
     counts["geo_query"] = 0 if geo is None else _count(geo.query)

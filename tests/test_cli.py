@@ -31,5 +31,7 @@ def test_console_script_help_for_every_subcommand():
     out = subprocess.run([sys.executable, "-m", "skysense.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "info" in out.stdout
     for sub in ("info", "demo"):
-        res = subprocess.run([sys.executable, "-m", "skysense.cli", sub, "--help"], capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-m", "skysense.cli", sub, "--help"], capture_output=True, text=True
+        )
         assert res.returncode == 0, res.stderr

@@ -20,7 +20,9 @@ class AlignmentHead(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, upscale: int) -> None:
         super().__init__()
-        self.decoder = nn.Sequential(nn.Conv2d(in_dim, out_dim * upscale * upscale, 1), nn.PixelShuffle(upscale))
+        self.decoder = nn.Sequential(
+            nn.Conv2d(in_dim, out_dim * upscale * upscale, 1), nn.PixelShuffle(upscale)
+        )
         self.out_dim = out_dim
         self.upscale = upscale
 

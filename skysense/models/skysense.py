@@ -73,7 +73,8 @@ class SkySense(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations of every transformer block in backward (memory for compute)."""
-        for module in [*self.encoders.values(), self.fusion]:
+        modules: list[Any] = [*self.encoders.values(), self.fusion]
+        for module in modules:
             module.grad_checkpointing = enable
 
     # ------------------------------------------------------------------ input contract
@@ -93,7 +94,9 @@ class SkySense(nn.Module):
             )
         present = [m for m in MODALITIES if m in sample]
         if not present:
-            raise ValueError(f"the sample holds no modality: give at least one of {list(self.cfg.modalities)}")
+            raise ValueError(
+                f"the sample holds no modality: give at least one of {list(self.cfg.modalities)}"
+            )
         batch: int | None = None
         for m in present:
             if m not in self.encoders:
@@ -130,12 +133,19 @@ class SkySense(nn.Module):
                     f"'{m}_invalid' (the skysense data readers do this)"
                 )
         assert batch is not None
+        if "hr_dates" in sample:
+            hr_days = sample["hr_dates"]
+            if not isinstance(hr_days, Tensor) or hr_days.numel() != batch or hr_days.dim() > 2:
+                raise ValueError(f"hr_dates must have shape (B,) or (B, 1) with B = {batch}")
+            check_days(hr_days, "hr_dates")
         if ("lat" in sample) != ("lon" in sample):
             raise ValueError("give both 'lat' and 'lon' (degrees) or neither")
         if "lat" in sample:
             lat, lon = torch.as_tensor(sample["lat"]), torch.as_tensor(sample["lon"])
             if lat.shape != (batch,) or lon.shape != (batch,):
-                raise ValueError(f"lat/lon must have shape ({batch},), got {tuple(lat.shape)}/{tuple(lon.shape)}")
+                raise ValueError(
+                    f"lat/lon must have shape ({batch},), got {tuple(lat.shape)}/{tuple(lon.shape)}"
+                )
             if not (torch.isfinite(lat).all() and torch.isfinite(lon).all()):
                 raise ValueError("lat/lon contain NaN/inf")
             if lat.abs().max() > 90 or lon.abs().max() > 360:
@@ -144,7 +154,9 @@ class SkySense(nn.Module):
 
     def _check_series(self, sample: dict[str, Any], m: str, b: int, t: int) -> None:
         mask = sample.get(f"{m}_mask")
-        if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != (b, t)):
+        if mask is not None and (
+            not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != (b, t)
+        ):
             raise ValueError(f"{m}_mask must be a bool tensor of shape ({b}, {t}), True = padded step")
         key = f"{m}_dates"
         if self.fusion.dtpe is not None and key not in sample:
@@ -185,7 +197,7 @@ class SkySense(nn.Module):
             tokens.append(top.unsqueeze(1))
             hr_days = sample.get("hr_dates")
             has = hr_days is not None and "hr" in self.cfg.fusion.dtpe_modalities
-            days.append(hr_days.reshape(b, 1) if has else top.new_zeros(b, 1, dtype=torch.int64))
+            days.append(hr_days.reshape(b, 1) if hr_days is not None and has else top.new_zeros(b, 1).long())
             dated.append(torch.full((b, 1), has, dtype=torch.bool, device=top.device))
             pads.append(torch.zeros(b, 1, dtype=torch.bool, device=top.device))
         for m in (s for s in SERIES if s in present):
@@ -203,7 +215,9 @@ class SkySense(nn.Module):
             out[f"{m}_aligned"] = aligned
             tokens.append(aligned)
             m_days = sample.get(f"{m}_dates")
-            days.append(m_days if m_days is not None else torch.zeros(b, t, dtype=torch.int64, device=x.device))
+            days.append(
+                m_days if m_days is not None else torch.zeros(b, t, dtype=torch.int64, device=x.device)
+            )
             use_dates = m_days is not None and m in self.cfg.fusion.dtpe_modalities
             dated.append(~pad if use_dates else torch.zeros_like(pad))
             pads.append(pad)

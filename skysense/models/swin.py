@@ -125,6 +125,11 @@ def window_index(
     return both[:n_fwd], both[n_fwd:]
 
 
+def _free(t: Tensor) -> bool:
+    """No autograd graph needs ``t``: an op may write into it (fresh big CPU allocations are slow)."""
+    return not (t.requires_grad and torch.is_grad_enabled())
+
+
 def _residual(y: Tensor, x: Tensor) -> Tensor:
     """``x + y``, written into ``y`` (a fresh LayerNorm output: its backward keeps no output) when it can."""
     return y.add_(x) if torch.promote_types(y.dtype, x.dtype) == y.dtype else x + y
@@ -187,8 +192,9 @@ class WindowMSAV2(nn.Module):
         q, k, v = qkv.view(n, bw, 3, h, d).unbind(2)  # (N, B*nW, heads, d) each
         # cosine attention as F.normalize does it (eps 1e-12), exp(logit_scale) folded into q
         scale = self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp().view(h, 1)
-        q = q * (scale.to(q.dtype) / q.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-        k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        q_factor = scale.to(q.dtype) / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        k_norm = k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        q, k = (q.mul_(q_factor), k.div_(k_norm)) if _free(qkv) else (q * q_factor, k / k_norm)
         bias = self.position_bias(q.dtype)  # (heads, N, N)
         if mask is None:
             q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # (B*nW, heads, N, d)
@@ -235,7 +241,9 @@ class FFN(nn.Module):
         self.layers = nn.Sequential(nn.Sequential(nn.Linear(dim, hidden), nn.GELU()), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
+        fc1, fc2 = self.layers[0][0], self.layers[1]  # type: ignore[index]
+        x = fc1(x)
+        return fc2(torch.ops.aten.gelu_(x) if _free(x) else F.gelu(x))  # in place when autograd allows
 
 
 class SwinBlockV2(nn.Module):
@@ -276,9 +284,14 @@ class PatchMerging(nn.Module):
         if h % 2 or w % 2:
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
             h, w = h + h % 2, w + w % 2
-        # (B, H/2, kh, W/2, kw, C) -> (B, H/2, W/2, C, kh, kw): feature index c*4 + kh*2 + kw
-        x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, 4 * c)
-        return self.norm(self.reduction(x))
+        x = x.view(b, h // 2, 2, w // 2, 2, c)  # (B, H/2, kh, W/2, kw, C)
+        weight = self.reduction.weight  # official input feature c*4 + kh*2 + kw
+        if x.numel() > weight.numel():  # cheaper to gather whole channel rows and permute the weight
+            x = x.transpose(2, 3).reshape(b, h // 2, w // 2, 4 * c)  # feature (kh*2 + kw)*C + c
+            weight = weight.view(-1, c, 4).transpose(1, 2).reshape(-1, 4 * c)
+        else:
+            x = x.permute(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, 4 * c)  # nn.Unfold order
+        return self.norm(F.linear(x, weight))
 
 
 class PatchEmbed(nn.Module):

@@ -34,7 +34,9 @@ class TemporalFusion(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.layers = nn.ModuleList(
-            TransformerEncoderLayer(d, cfg.num_heads, cfg.mlp_ratio, norm_eps=cfg.norm_eps, drop_path=rates[i])
+            TransformerEncoderLayer(
+                d, cfg.num_heads, cfg.mlp_ratio, norm_eps=cfg.norm_eps, drop_path=rates[i]
+            )
             for i in range(cfg.depth)
         )
         self.grad_checkpointing = False
@@ -50,7 +52,7 @@ class TemporalFusion(nn.Module):
         if self.dtpe is None:
             return None
         table = self.dtpe[0] @ self.porj_linear.weight.t()  # (365, D)
-        rows = table[dtpe_index(days.clamp(min=0))]  # (B, L, D)
+        rows = table[dtpe_index(days.clamp(min=0), self.cfg.dtpe_calendar, self.cfg.dtpe_days)]  # (B, L, D)
         return rows * dated.unsqueeze(-1).to(rows.dtype)
 
     def forward(self, feats: Tensor, days: Tensor, dated: Tensor, pad: Tensor) -> Tensor:

@@ -61,7 +61,10 @@ def test_shapes_for_every_modality_subset(model, mods):
             assert out[f"{m}_aligned"].shape == (B, t, cfg.aligned_dim, *grid)
         else:
             assert m not in out
-    assert out["region"].tolist() == model.geo.regions(torch.tensor([45.0, -12.5]), torch.tensor([7.0, 130.0])).tolist()
+    assert (
+        out["region"].tolist()
+        == model.geo.regions(torch.tensor([45.0, -12.5]), torch.tensor([7.0, 130.0])).tolist()
+    )
     assert torch.isfinite(out["fused"]).all()
 
 
@@ -184,6 +187,8 @@ def test_no_location_gives_zero_geo_context(model):
         (lambda s: s.update(lat=torch.tensor([95.0, 0.0])), ValueError, "lat must be in"),
         (lambda s: s.pop("lon"), ValueError, "both 'lat' and 'lon'"),
         (lambda s: s.update(s2_mask=torch.zeros(B, T2)), ValueError, "s2_mask must be a bool tensor"),
+        (lambda s: s.update(hr_dates=torch.tensor([200, 201])), ValueError, "hr_dates out of range"),
+        (lambda s: s.update(hr_dates=to_days(["2020-01-01"])), ValueError, r"hr_dates must have shape \(B,\)"),
     ],
 )
 def test_bad_input_is_explained(model, edit, error, match):
@@ -219,6 +224,7 @@ def test_presets_build_on_meta_and_huge_matches_paper():
     assert report["parameters"]["prototypes"] == 4096 * 100 * 512
     for name in ("tiny", "small", "base", "large"):
         counts = describe(name)["parameters"]
-        assert counts["total"] == sum(counts[k] for k in ("backbones", "fusion_with_alignment", "prototypes",
-                                                          "geo_query"))
+        assert counts["total"] == sum(
+            counts[k] for k in ("backbones", "fusion_with_alignment", "prototypes", "geo_query")
+        )
     assert get_preset("tiny").hr.embed_dim == 16

@@ -330,13 +330,14 @@ def test_no_shift_when_the_smaller_side_fits_one_window(hw: tuple[int, int], shi
     assert same != shifted
 
 
-def test_patch_merging_uses_unfold_order() -> None:
+@pytest.mark.parametrize("batch", [1, 4])  # either the activations or the (smaller) weight get permuted
+def test_patch_merging_uses_unfold_order(batch: int) -> None:
     torch.manual_seed(0)
     merge = PatchMerging(6, eps=1e-5).double()
-    x = torch.randn(2, 5, 7, 6, dtype=torch.float64)  # odd sizes: padded right/bottom to 6 x 8
+    x = torch.randn(batch, 5, 7, 6, dtype=torch.float64)  # odd sizes: padded right/bottom to 6 x 8
     xc = F.pad(x.permute(0, 3, 1, 2), (0, 1, 0, 1))
     cols = nn.Unfold(kernel_size=2, stride=2)(xc).transpose(1, 2)  # feature c*4 + kh*2 + kw
-    expected = merge.norm(merge.reduction(cols)).view(2, 3, 4, 12)
+    expected = merge.norm(merge.reduction(cols)).view(batch, 3, 4, 12)
     torch.testing.assert_close(merge(x), expected, atol=1e-12, rtol=0)
 
 

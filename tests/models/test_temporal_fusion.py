@@ -22,21 +22,37 @@ def reference(fusion: TemporalFusion, feats, days, dated, pad):
     """Naive per-cell loop: add the DTPE row to the raw features, project, prepend, nn layers."""
     layers = []
     for layer in fusion.layers:
-        ref = nn.TransformerEncoderLayer(
-            CFG.embed_dim, CFG.num_heads, int(CFG.embed_dim * CFG.mlp_ratio), dropout=0.0,
-            activation="gelu", batch_first=True, norm_first=True, layer_norm_eps=CFG.norm_eps,
-        ).double().eval()
+        ref = (
+            nn.TransformerEncoderLayer(
+                CFG.embed_dim,
+                CFG.num_heads,
+                int(CFG.embed_dim * CFG.mlp_ratio),
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+                layer_norm_eps=CFG.norm_eps,
+            )
+            .double()
+            .eval()
+        )
         sd = layer.state_dict()
-        ref.load_state_dict({
-            "self_attn.in_proj_weight": sd["attn.attn.in_proj_weight"],
-            "self_attn.in_proj_bias": sd["attn.attn.in_proj_bias"],
-            "self_attn.out_proj.weight": sd["attn.attn.out_proj.weight"],
-            "self_attn.out_proj.bias": sd["attn.attn.out_proj.bias"],
-            "linear1.weight": sd["ffn.layers.0.0.weight"], "linear1.bias": sd["ffn.layers.0.0.bias"],
-            "linear2.weight": sd["ffn.layers.1.weight"], "linear2.bias": sd["ffn.layers.1.bias"],
-            "norm1.weight": sd["ln1.weight"], "norm1.bias": sd["ln1.bias"],
-            "norm2.weight": sd["ln2.weight"], "norm2.bias": sd["ln2.bias"],
-        })
+        ref.load_state_dict(
+            {
+                "self_attn.in_proj_weight": sd["attn.attn.in_proj_weight"],
+                "self_attn.in_proj_bias": sd["attn.attn.in_proj_bias"],
+                "self_attn.out_proj.weight": sd["attn.attn.out_proj.weight"],
+                "self_attn.out_proj.bias": sd["attn.attn.out_proj.bias"],
+                "linear1.weight": sd["ffn.layers.0.0.weight"],
+                "linear1.bias": sd["ffn.layers.0.0.bias"],
+                "linear2.weight": sd["ffn.layers.1.weight"],
+                "linear2.bias": sd["ffn.layers.1.bias"],
+                "norm1.weight": sd["ln1.weight"],
+                "norm1.bias": sd["ln1.bias"],
+                "norm2.weight": sd["ln2.weight"],
+                "norm2.bias": sd["ln2.bias"],
+            }
+        )
         layers.append(ref)
     b, l, c, h, w = feats.shape
     out = torch.zeros(b, CFG.embed_dim, h, w, dtype=torch.float64)
@@ -69,7 +85,9 @@ def inputs():
 def test_fusion_matches_naive_reference():
     fusion = make_fusion()
     feats, days, dated, pad = inputs()
-    assert torch.allclose(fusion(feats, days, dated, pad), reference(fusion, feats, days, dated, pad), atol=1e-10)
+    assert torch.allclose(
+        fusion(feats, days, dated, pad), reference(fusion, feats, days, dated, pad), atol=1e-10
+    )
 
 
 @torch.no_grad()
@@ -101,5 +119,8 @@ def test_dtpe_is_date_aware_and_leap_day_shares_feb_28():
     undated = fusion(feats[:1, :1], torch.stack([to_days(["2020-03-01"])]), ~dated[:1, :1], pad[:1, :1])
     zero = TemporalFusion(CFG).double().eval()
     zero.load_state_dict({**fusion.state_dict(), "dtpe": torch.zeros_like(fusion.dtpe)})
-    assert torch.allclose(undated, zero(feats[:1, :1], torch.stack([to_days(["2020-03-01"])]), dated[:1, :1],
-                                         pad[:1, :1]), atol=1e-12)
+    assert torch.allclose(
+        undated,
+        zero(feats[:1, :1], torch.stack([to_days(["2020-03-01"])]), dated[:1, :1], pad[:1, :1]),
+        atol=1e-12,
+    )
