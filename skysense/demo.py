@@ -19,60 +19,33 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from skysense.dates import to_days
-
-# Spec Sec. 1 statistics (L2A DN for S2, dB for S1, 0-255 for hr).
-S2_MEAN = [884.30, 1144.16, 1297.47, 1624.91, 2194.64, 2422.21, 2517.76, 2581.65, 2368.51, 1805.07]
-S2_STD = [1155.15, 1183.63, 1368.11, 1370.27, 1355.55, 1416.51, 1474.79, 1439.31, 1455.52, 1343.48]
-S1_MEAN, S1_STD = [-12.548, -20.192], [5.257, 5.912]
-HR_MEAN, HR_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
-S2_BANDS = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
-
 
 def default_data_root() -> Path:
+    """``$SKYSENSE_DATA``, else ``shared/data`` beside the repository (the real data is never copied in)."""
     repo = Path(__file__).resolve().parents[1]
     return Path(os.environ.get("SKYSENSE_DATA", repo.parent / "shared" / "data"))
 
 
-def _normalise(x: np.ndarray, mean: list[float], std: list[float]) -> Tensor:
-    m = np.asarray(mean, dtype=np.float32)[:, None, None]
-    s = np.asarray(std, dtype=np.float32)[:, None, None]
-    return torch.from_numpy((x.astype(np.float32) - m) / s)
-
-
 def load_sen1floods11(root: Path) -> dict[str, Any]:
-    """The Sen1Floods11 chip as one sample: s2 (1, 10, H, W), s1 (1, 2, H, W), dates, lat/lon."""
-    import rasterio
+    """The Sen1Floods11 chip, normalised (spec statistics), plus raw RGB / VV for the quick look."""
+    from skysense.data.datasets import Sen1Floods11
+    from skysense.data.transforms import Normalize
 
-    base = root / "sen1floods11"
-    s2_path = next((base / "S2").glob("*_S2Hand.tif"))
-    s1_path = next((base / "S1").glob("*_S1Hand.tif"))
-    with rasterio.open(s2_path) as src:
-        names = list(src.descriptions)
-        s2 = src.read([names.index(b) + 1 for b in S2_BANDS]).astype(np.float32)
-        bounds = src.bounds
-    with rasterio.open(s1_path) as src:
-        s1 = src.read().astype(np.float32)
-    invalid = ~np.isfinite(s1).all(0)
-    s1 = np.nan_to_num(s1, nan=0.0)
-    chip = s2_path.name.split("_S2Hand")[0]
-    meta = json.loads((base / "Sen1Floods11_Metadata.geojson").read_text())
-    # Chip ids are "<Location>_<number>"; the metadata has one entry per location.
-    props = next(
-        f["properties"] for f in meta["features"] if f["properties"]["location"] == chip.split("_")[0]
-    )
-    s1n = _normalise(s1, S1_MEAN, S1_STD)
-    s1n[:, torch.from_numpy(invalid)] = 0.0
+    raw = Sen1Floods11(root / "sen1floods11")[0]
+    sample = Normalize()(raw)
+    lon, lat = float(raw["lon"]), float(raw["lat"])
+    s2_bands = list(raw["meta"]["s2"]["bands"])
+    rgb = raw["s2"][0, [s2_bands.index(b) for b in ("B4", "B3", "B2")]].permute(1, 2, 0).numpy()
     return {
-        "chip": chip,
-        "s2": _normalise(s2, S2_MEAN, S2_STD)[None],
-        "s1": s1n[None],
-        "s2_dates": to_days([props["s2_date"]]),
-        "s1_dates": to_days([props["s1_date"]]),
-        "lat": (bounds.bottom + bounds.top) / 2,
-        "lon": (bounds.left + bounds.right) / 2,
-        "rgb": s2[[2, 1, 0]].transpose(1, 2, 0),
-        "vv": s1[0],
+        "chip": raw["meta"]["id"],
+        "s2": sample["s2"],
+        "s1": sample["s1"],
+        "s2_dates": sample["s2_dates"],
+        "s1_dates": sample["s1_dates"],
+        "lat": lat,
+        "lon": lon,
+        "rgb": rgb,
+        "vv": raw["s1"][0, 0].numpy(),
     }
 
 
@@ -108,14 +81,13 @@ def pca_rgb(features: Tensor) -> np.ndarray:
 
 
 def load_aid(root: Path, count: int) -> tuple[Tensor, list[str]]:
-    from PIL import Image
+    """``count`` AID scenes spread over the classes, normalised: (count, 3, H, W) and class names."""
+    from skysense.data.datasets import SceneClassification
+    from skysense.data.transforms import Normalize
 
-    files = sorted((root / "aid").glob("*/*.jpg"))[
-        :: max(1, len(list((root / "aid").glob("*/*.jpg"))) // count)
-    ]
-    files = files[:count]
-    imgs = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float32).transpose(2, 0, 1) for f in files]
-    return torch.stack([_normalise(i, HR_MEAN, HR_STD) for i in imgs]), [f.parent.name for f in files]
+    ds = SceneClassification(root / "aid", transforms=Normalize())
+    picks = [ds[i] for i in range(0, len(ds), max(1, len(ds) // count))][:count]
+    return torch.stack([p["hr"] for p in picks]), [p["meta"]["class"] for p in picks]
 
 
 def run_demo(data_root: Path, out_dir: Path, preset: str = "tiny", tile: int = 64) -> dict[str, Any]:

@@ -60,7 +60,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", type=Path, help="folder or file (GeoTIFF, .npz) to inspect")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--layout", default=None, help="force a layout instead of detecting it")
-    p.add_argument("--samples", type=int, default=8, help="samples to read for shapes and dates (default 8)")
+    p.add_argument(
+        "--samples", type=int, default=8, help="samples to read and check (default 8; 0 = every sample)"
+    )
     p.add_argument(
         "--png", type=Path, default=None, help="write a quick-look montage of a few samples to this PNG"
     )

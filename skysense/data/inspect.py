@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from skysense.data.datasets import (
     IMAGE_SUFFIXES,
@@ -155,8 +156,8 @@ def inspect(
 ) -> dict[str, Any]:
     """Report on ``path``: layout, samples, modalities, bands, sizes, dates, classes, CRS, problems.
 
-    Reads up to ``max_samples`` samples spread over the dataset. A folder holding several layouts
-    (e.g. ``shared/data``) is reported child by child under ``children``.
+    Reads up to ``max_samples`` samples spread over the dataset (0: every sample). A folder holding
+    several layouts (e.g. ``shared/data``) is reported child by child under ``children``.
     """
     path = Path(path)
     if not path.exists():
@@ -198,12 +199,12 @@ def inspect(
         report["classes"] = list(classes)
     if isinstance(ds, SceneClassification):
         report["class_counts"] = dict(Counter(ds.classes[r["label"]] for r in ds.records))
-    picks = spread(len(ds), max_samples)
+    picks = spread(len(ds), max_samples if max_samples > 0 else len(ds))
     mods: dict[str, dict[str, Any]] = {}
     crs: set[str] = set()
     dates: dict[str, set[str]] = {}
     targets: Counter[int] = Counter()
-    for i in picks:
+    for i in tqdm(picks, desc="inspect", unit="sample", disable=len(picks) < 100):
         try:
             s = ds[i]
         except (ValueError, FileNotFoundError) as e:

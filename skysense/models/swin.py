@@ -22,10 +22,12 @@ Our one extension: where a stage's map is smaller than the window (inputs under 
 asserts; we zero-pad the map to the window like any other size and do not shift (the rule min(H, W) <=
 window). Everywhere the official code runs, the outputs agree to float precision.
 
-Speed: windows are laid out token-major, (N, B*nW, C), so q/k/v of every window and head are strided
-views that ``F.scaled_dot_product_attention`` reads directly; ``exp(logit_scale)`` is folded into the
-normalised q. Shifted blocks merge the windows into the head axis, (B, nW*heads, N, d), so the per-window
-mask plus position bias broadcasts over the batch.
+Speed (CPU eager is memory-bound here): one ``index_select`` with a cached index does roll + window
+partition, another undoes both and crops the padding; windows are laid out token-major, (N, B*nW, C), so q/k/v of every window
+and head are strided views that ``F.scaled_dot_product_attention`` reads directly; ``exp(logit_scale)``
+is folded into the normalised q; shifted blocks merge the windows into the head axis, (B, nW*heads, N, d),
+so the per-window mask plus position bias broadcasts over the batch. The position bias is cached in eval
+mode without autograd; when autograd does not need them, q/k scaling and GELU run in place.
 """
 
 from __future__ import annotations

@@ -144,3 +144,12 @@ def test_spread_picks_cover_small_datasets() -> None:
     from skysense.data.inspect import spread
 
     assert spread(3, 8) == [0, 1, 2] and spread(1, 4) == [0] and spread(10, 4) == [0, 3, 6, 9]
+
+
+def test_inspect_all_samples_names_a_corrupt_file(tmp_path) -> None:
+    root, _ = _scene_folder(tmp_path / "scenes")
+    good = (root / "x" / "0.tif").read_bytes()
+    (root / "y" / "broken.tif").write_bytes(good[: len(good) // 2])
+    rep = inspect(root, max_samples=0)
+    assert rep["samples_checked"] == 5
+    assert any("broken.tif" in p for p in rep["problems"])
