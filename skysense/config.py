@@ -191,42 +191,22 @@ def _preset(
 
 # name -> (swin embed, depths, heads, window), (vit width, depth, heads, patch, img),
 #         (fusion width, depth, heads), (lat bands, lon bands, prototypes, prototype dim)
+# fmt: off
 PRESETS: dict[str, SkySenseConfig] = {
-    # tiny: a few hundred thousand parameters; patch 2 keeps the s2/s1 grids non-trivial at 8-16 px.
-    "tiny": _preset(
-        "tiny",
-        (16, (1, 1, 3, 1), (1, 2, 2, 4), 4),
-        (32, 2, 2, 2, 16),
-        (32, 2, 2),
-        (4, 4, 8, 16),
-        extra_norm_every=3,
-    ),
-    "small": _preset(
-        "small", (96, (2, 2, 6, 2), (3, 6, 12, 24), 8), (384, 12, 6, 4, 64), (384, 6, 6), (16, 16, 50, 256)
-    ),
-    "base": _preset(
-        "base",
-        (128, (2, 2, 18, 2), (4, 8, 16, 32), 8),
-        (768, 12, 12, 4, 64),
-        (768, 12, 12),
-        (32, 32, 100, 384),
-    ),
-    "large": _preset(
-        "large",
-        (192, (2, 2, 18, 2), (6, 12, 24, 48), 8),
-        (1024, 24, 16, 4, 64),
-        (1024, 24, 16),
-        (64, 64, 100, 512),
-    ),
+    # tiny: ~0.6M parameters; patch 2 keeps the s2/s1 grids non-trivial at 8-16 px.
+    "tiny": _preset("tiny", (16, (1, 1, 3, 1), (1, 2, 2, 4), 4), (32, 2, 2, 2, 16), (32, 2, 2),
+                    (4, 4, 8, 16), extra_norm_every=3),
+    "small": _preset("small", (96, (2, 2, 6, 2), (3, 6, 12, 24), 8), (384, 12, 6, 4, 64), (384, 6, 6),
+                     (16, 16, 50, 256)),
+    "base": _preset("base", (128, (2, 2, 18, 2), (4, 8, 16, 32), 8), (768, 12, 12, 4, 64), (768, 12, 12),
+                    (32, 32, 100, 384)),
+    "large": _preset("large", (192, (2, 2, 18, 2), (6, 12, 24, 48), 8), (1024, 24, 16, 4, 64),
+                     (1024, 24, 16), (64, 64, 100, 512)),
     # huge: the paper's model (spec Sec. 2).
-    "huge": _preset(
-        "huge",
-        (352, (2, 2, 18, 2), (8, 16, 32, 64), 8),
-        (1024, 24, 16, 4, 64),
-        (1024, 24, 16),
-        (64, 64, 100, 512),
-    ),
+    "huge": _preset("huge", (352, (2, 2, 18, 2), (8, 16, 32, 64), 8), (1024, 24, 16, 4, 64),
+                    (1024, 24, 16), (64, 64, 100, 512)),
 }
+# fmt: on
 
 
 def get_preset(name: str) -> SkySenseConfig:

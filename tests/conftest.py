@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,13 @@ def data_root() -> Path:
 def _torch_defaults() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def randomise(model: torch.nn.Module) -> None:
+    """Every parameter set afresh (norm weights around 1, logit scales around log 10, the rest around 0),
+    so that a wrong mapping shows and no parameter depends on the modules' own initialisation."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            base = 1.0 if re.search(r"(norm\d?|ln\d)\.weight$", name) else 0.0
+            base = math.log(10.0) if name.endswith("logit_scale") else base
+            p.copy_(base + torch.randn_like(p) * 0.05)

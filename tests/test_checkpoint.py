@@ -4,10 +4,8 @@ refusal of pickled code."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
-import re
 
 import pytest
 import torch
@@ -29,16 +27,7 @@ from skysense.checkpoint import (
 from skysense.config import get_preset
 from skysense.dates import to_days
 from skysense.models.skysense import SkySense
-
-
-def randomise(model: torch.nn.Module) -> None:
-    """Every parameter set afresh (norm weights around 1, logit scales around log 10, the rest around 0),
-    so that a wrong mapping shows and no parameter depends on the modules' own initialisation."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            base = 1.0 if re.search(r"(norm\d?|ln\d)\.weight$", name) else 0.0
-            base = math.log(10.0) if name.endswith("logit_scale") else base
-            p.copy_(base + torch.randn_like(p) * 0.05)
+from tests.conftest import randomise
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from skysense.config import SkySenseConfig, get_preset
 from skysense.convert import convert_official, convert_state_dicts, expand_hr_bands
 from skysense.dates import to_days
 from skysense.models.skysense import SkySense
+from tests.conftest import randomise
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = {  # released file name -> (our key prefix, official full-checkpoint prefix)
@@ -36,18 +35,8 @@ FILES = {  # released file name -> (our key prefix, official full-checkpoint pre
 HR_PX, S_PX = 128, 4  # tiny: hr stage 4 -> 4x4; s2/s1 patch 2 -> 2x2 tokens -> 4x4 aligned (no resampling)
 
 
-def randomise(model: torch.nn.Module) -> None:
-    """Every parameter set afresh (norm weights around 1, logit scales around log 10, the rest around 0),
-    so that a wrong mapping shows and no parameter depends on the modules' own initialisation."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            base = 1.0 if re.search(r"(norm\d?|ln\d)\.weight$", name) else 0.0
-            base = math.log(10.0) if name.endswith("logit_scale") else base
-            p.copy_(base + torch.randn_like(p) * 0.05)
-
-
 def source_model(cfg: SkySenseConfig | None = None, seed: int = 0) -> SkySense:
-    """A model with every parameter randomised (so a wrong mapping shows), DTPE on s2 only, indexed by day of year as released."""
+    """A model with every parameter randomised (a wrong mapping shows); DTPE on s2 by day of year."""
     torch.manual_seed(seed)
     cfg = cfg if cfg is not None else get_preset("tiny")
     cfg.fusion.dtpe_modalities = ("s2",)

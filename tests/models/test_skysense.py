@@ -188,7 +188,7 @@ def test_no_location_gives_zero_geo_context(model):
         (lambda s: s.pop("lon"), ValueError, "both 'lat' and 'lon'"),
         (lambda s: s.update(s2_mask=torch.zeros(B, T2)), ValueError, "s2_mask must be a bool tensor"),
         (lambda s: s.update(hr_dates=torch.tensor([200, 201])), ValueError, "hr_dates out of range"),
-        (lambda s: s.update(hr_dates=to_days(["2020-01-01"])), ValueError, r"hr_dates must have shape \(B,\)"),
+        (lambda s: s.update(hr_dates=to_days(["2020-01-01"])), ValueError, r"hr_dates must have shape"),
     ],
 )
 def test_bad_input_is_explained(model, edit, error, match):
