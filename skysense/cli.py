@@ -29,6 +29,12 @@ def _register_checkpoint(sub: argparse._SubParsersAction) -> None:
     checkpoint_cli.add_commands(sub)
 
 
+def _register_pretrain(sub: argparse._SubParsersAction) -> None:
+    from skysense.pretrain import cli as pretrain_cli
+
+    pretrain_cli.add_commands(sub)
+
+
 def _register_demo(sub: argparse._SubParsersAction) -> None:
     from skysense import demo
 
@@ -42,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for register in (_register_model, _register_data, _register_checkpoint, _register_demo):
+    for register in (
+        _register_model,
+        _register_data,
+        _register_checkpoint,
+        _register_pretrain,
+        _register_demo,
+    ):
         register(sub)
     return parser
 

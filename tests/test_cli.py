@@ -30,7 +30,7 @@ def test_info_table_and_help(capsys):
 def test_console_script_help_for_every_subcommand():
     out = subprocess.run([sys.executable, "-m", "skysense.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "info" in out.stdout
-    for sub in ("info", "demo"):
+    for sub in ("info", "demo", "convert", "pretrain", "data", "stats"):
         res = subprocess.run(
             [sys.executable, "-m", "skysense.cli", sub, "--help"], capture_output=True, text=True
         )

@@ -23,11 +23,12 @@ asserts; we zero-pad the map to the window like any other size and do not shift 
 window). Everywhere the official code runs, the outputs agree to float precision.
 
 Speed (CPU eager is memory-bound here): one ``index_select`` with a cached index does roll + window
-partition, another undoes both and crops the padding; windows are laid out token-major, (N, B*nW, C), so q/k/v of every window
-and head are strided views that ``F.scaled_dot_product_attention`` reads directly; ``exp(logit_scale)``
-is folded into the normalised q; shifted blocks merge the windows into the head axis, (B, nW*heads, N, d),
-so the per-window mask plus position bias broadcasts over the batch. The position bias is cached in eval
-mode without autograd; when autograd does not need them, q/k scaling and GELU run in place.
+partition, another undoes both and crops the padding; windows are laid out token-major, (N, B*nW, C),
+so q/k/v of every window and head are strided views that ``F.scaled_dot_product_attention`` reads
+directly; ``exp(logit_scale)`` is folded into the normalised q; shifted blocks merge the windows into
+the head axis, (B, nW*heads, N, d), so the per-window mask plus position bias broadcasts over the batch.
+The position bias is cached in eval mode without autograd; when autograd does not need them, q/k
+scaling and GELU run in place.
 """
 
 from __future__ import annotations
@@ -227,10 +228,20 @@ class ShiftWindowMSA(nn.Module):
         pad_b, pad_r = (-h) % ws, (-w) % ws
         if pad_b or pad_r:
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        hp, wp = h + pad_b, w + pad_r
-        fwd, inv = window_index(b, h, w, ws, shift, x.device)
-        x = x.reshape(-1, c).index_select(0, fwd).view(ws * ws, -1, c)  # (N, B*nW, C), rolled windows
+        hp, wp, nh, nw = h + pad_b, w + pad_r, (h + pad_b) // ws, (w + pad_r) // ws
         mask = shift_mask(hp, wp, ws, shift, x.dtype, x.device) if shift else None
+        if torch.compiler.is_compiling():  # plain roll/permute: inductor turns them into index arithmetic
+            if shift:
+                x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+            # (B, Hp, Wp, C) -> (w, w, B, nh, nw, C) -> (N, B*nW, C)
+            x = x.view(b, nh, ws, nw, ws, c).permute(2, 4, 0, 1, 3, 5).reshape(ws * ws, -1, c)
+            x = self.w_msa(x, b, mask)
+            x = x.view(ws, ws, b, nh, nw, c).permute(2, 3, 0, 4, 1, 5).reshape(b, hp, wp, c)
+            if shift:
+                x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+            return x[:, :h, :w]
+        fwd, inv = window_index(b, h, w, ws, shift, x.device)  # eager: one cached gather each way
+        x = x.reshape(-1, c).index_select(0, fwd).view(ws * ws, -1, c)  # (N, B*nW, C), rolled windows
         x = self.w_msa(x, b, mask)
         return x.view(-1, c).index_select(0, inv).view(b, h, w, c)  # unrolled, cropped
 

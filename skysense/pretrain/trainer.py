@@ -1,0 +1,567 @@
+"""The pre-training loop of SkySense (paper Sec. 3.2 training): AdamW, schedules, EMA teacher, checkpoints.
+
+One optimiser step = :func:`~skysense.pretrain.step.pretrain_step` under optional bf16 autocast,
+backward, gradient clipping, AdamW (linear warm-up then cosine lr, cosine weight decay, none on
+norms, biases, tokens and prototypes), then the EMA teacher update with the cosine momentum.
+Every step goes to ``metrics.csv`` (losses, lr, wd, momentum, gradient norm, collapse monitors);
+``loss_curve.png`` is drawn at the end; TensorBoard is written only where it imports.
+
+Resume is exact: the data order is a function of ``(seed, epoch)`` alone, the position in it is the
+step, and the checkpoint holds every random state (torch, numpy, python ``random``, the view
+generator, per rank). Checkpoints hold plain tensors and containers only (``torch.load`` with
+``weights_only=True``) and are replaced atomically (temporary file + ``os.replace``).
+
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the loop runs data parallel (gloo on CPU, NCCL
+on CUDA): the whole student step is one ``DistributedDataParallel`` forward, each rank takes its
+share of every global batch, only rank 0 writes files. ``step.py`` has no all-reduce hook, so the
+teacher centres and the GCPL prototypes, updated in place from each rank's batch, are averaged over
+ranks after every step (for the centres this equals the global-batch update; for the prototypes a
+region seen by one rank only moves by 1/world of its local step); the collapse monitors are those
+of rank 0's batch. Left for later: FSDP2 ``fully_shard`` of the encoders, the path for ``huge`` on
+GPUs (DDP keeps a full replica of student, teacher and AdamW state on every GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import functools
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from skysense.data.collate import collate
+from skysense.models.skysense import build_model
+from skysense.pretrain.step import Centers, PretrainConfig, Student, build_pretrain, pretrain_step
+from skysense.pretrain.teacher import cosine_momentum, ema_update_
+
+CKPT = "last.ckpt"
+MODEL_KEYS = ("hr", "s2", "s1", "hr_dates", "s2_dates", "s1_dates", "lat", "lon")
+SOURCES = ("synthetic", "sen1floods11", "bigearthnet")
+NO_DECAY = ("token", "pos_embed", "logit_scale", "prototypes")
+
+
+@dataclass
+class DataConfig:
+    """``sources``: any of ``synthetic``, ``sen1floods11`` (the chip cut into tiles), ``bigearthnet``
+    (S1+S2 patches); real ones are read from ``root`` (default: ``$SKYSENSE_DATA``, else the
+    ``shared/data`` folder beside the repository)."""
+
+    sources: tuple[str, ...] = ("synthetic",)
+    root: str = ""
+    modalities: tuple[str, ...] = ("s2", "s1")
+    tile: int = 64  # side of s2/s1 tiles in pixels
+    hr_tile: int = 128  # side of synthetic hr tiles
+    num_samples: int = 8  # synthetic
+    num_dates: dict[str, int] = field(default_factory=lambda: {"s2": 3, "s1": 2})  # synthetic, at most
+
+
+@dataclass
+class TrainConfig:
+    """Everything of one run; the YAML files in ``configs/pretrain/`` set these fields (nested ones too)."""
+
+    preset: str = "tiny"
+    steps: int = 20
+    batch_size: int = 4  # global, over all ranks
+    lr: float = 5e-4  # peak, after warm-up
+    min_lr: float = 1e-6
+    warmup_steps: int = 2
+    weight_decay: float = 0.04  # cosine from this ...
+    weight_decay_end: float = 0.4  # ... to this
+    clip_grad: float = 3.0  # max global gradient norm, 0 = off
+    bf16: bool = True  # autocast of the forward (CPU and CUDA)
+    grad_checkpointing: bool = False
+    ema_momentum: float = 0.996  # cosine to 1 over the run
+    seed: int = 0
+    out_dir: str = "runs/pretrain"
+    log_every: int = 1  # progress-bar postfix and TensorBoard; metrics.csv gets every step
+    ckpt_every: int = 10
+    stop_after: int = 0  # stop (checkpointed) after this many steps, as if killed; 0 = run to the end
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+# ----------------------------------------------------------------------------- config from dicts
+
+
+def from_dict(cls: Any, d: dict[str, Any]) -> Any:
+    """A dataclass from a nested dict; lists become tuples where the default is a tuple."""
+    default = cls()
+    kw: dict[str, Any] = {}
+    for key, value in d.items():
+        if not hasattr(default, key):
+            known = sorted(f.name for f in dataclasses.fields(cls))
+            raise ValueError(f"unknown {cls.__name__} key {key!r}; known: {known}")
+        cur = getattr(default, key)
+        if dataclasses.is_dataclass(cur) and isinstance(value, dict):
+            value = from_dict(type(cur), value)
+        elif isinstance(cur, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(cur, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+            value = float(value)  # YAML reads 1e-4 as a string
+        kw[key] = value
+    return dataclasses.replace(default, **kw)
+
+
+def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``key.sub=value`` strings (values parsed as YAML) into a nested dict, in place."""
+    import yaml
+
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r}: expected key=value, e.g. steps=20 or data.tile=32")
+        *parents, last = key.split(".")
+        node = d
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
+        node[last] = yaml.safe_load(text)
+    return d
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps`` (step 0 gets lr / warmup), then cosine to ``min_lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min((step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1), 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def wd_at(step: int, cfg: TrainConfig) -> float:
+    """Cosine from ``weight_decay`` at step 0 to ``weight_decay_end`` at the last step."""
+    progress = min(step / max(cfg.steps, 1), 1.0)
+    return cfg.weight_decay_end + 0.5 * (cfg.weight_decay - cfg.weight_decay_end) * (
+        1 + math.cos(math.pi * progress)
+    )
+
+
+def param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """AdamW groups: ``decay`` (matrices) and ``no_decay`` (norms, biases, tokens, prototypes)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or any(k in name for k in NO_DECAY):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "name": "decay"}, {"params": no_decay, "name": "no_decay", "weight_decay": 0.0}]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def data_root(cfg: DataConfig) -> Path:
+    if cfg.root:
+        return Path(cfg.root)
+    env = os.environ.get("SKYSENSE_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+class SyntheticDataset(torch.utils.data.Dataset):
+    """Random normalised samples (a function of the index only), with varying numbers of dates."""
+
+    def __init__(self, cfg: DataConfig, seed: int = 0) -> None:
+        self.cfg, self.seed = cfg, seed
+
+    def __len__(self) -> int:
+        return self.cfg.num_samples
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        s, out = self.cfg.tile, {}
+        if "hr" in self.cfg.modalities:
+            out["hr"] = torch.randn(3, self.cfg.hr_tile, self.cfg.hr_tile, generator=g)
+        for m, bands in (("s2", 10), ("s1", 2)):
+            if m in self.cfg.modalities:
+                t = max(1, self.cfg.num_dates.get(m, 1) - i % 2)
+                out[m] = torch.randn(t, bands, s, s, generator=g)
+                out[f"{m}_dates"] = 18_000 + torch.sort(torch.randint(0, 700, (t,), generator=g)).values
+        out["lat"] = torch.tensor(float(torch.rand((), generator=g)) * 120 - 60, dtype=torch.float64)
+        out["lon"] = torch.tensor(float(torch.rand((), generator=g)) * 340 - 170, dtype=torch.float64)
+        return out
+
+
+def tiles_of(sample: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    """Non-overlapping ``size`` tiles of a normalised s2/s1 sample (model keys only)."""
+    h, w = next(sample[m] for m in ("s2", "s1") if m in sample).shape[-2:]
+    out = []
+    for top in range(0, h - size + 1, size):
+        for left in range(0, w - size + 1, size):
+            tile = {k: sample[k] for k in MODEL_KEYS if k in sample}
+            for m in ("s2", "s1"):
+                if m in tile:
+                    tile[m] = tile[m][..., top : top + size, left : left + size].clone()
+            out.append(tile)
+    return out
+
+
+def build_dataset(cfg: DataConfig, seed: int = 0) -> Sequence[dict[str, Any]]:
+    """The pre-training samples of ``cfg.sources`` (real ones normalised and tiled in memory)."""
+    from skysense.data import BigEarthNetMM, Normalize, Sen1Floods11
+
+    unknown = [s for s in cfg.sources if s not in SOURCES]
+    if unknown or not cfg.sources:
+        raise ValueError(f"data.sources {list(cfg.sources)}: choose from {list(SOURCES)}")
+    if "synthetic" in cfg.sources:
+        if len(cfg.sources) > 1:
+            raise ValueError("data.sources: 'synthetic' cannot be mixed with real sources")
+        return SyntheticDataset(cfg, seed)  # type: ignore[return-value]
+    if "hr" in cfg.modalities:
+        raise ValueError("no real source with aligned hr imagery: use modalities [s2, s1]")
+    mods = tuple(m for m in ("s2", "s1") if m in cfg.modalities)
+    root, norm, samples = data_root(cfg), Normalize(), []
+    for src in cfg.sources:
+        ds = (
+            Sen1Floods11(root / "sen1floods11", modalities=mods)
+            if src == "sen1floods11"
+            else BigEarthNetMM(root / "bigearthnet_mm", modalities=mods)
+        )
+        for i in range(len(ds)):
+            samples += tiles_of(norm(ds[i]), cfg.tile)
+    return samples
+
+
+@functools.lru_cache(maxsize=4)
+def _perm(seed: int, epoch: int, n: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+def batch_indices(
+    step: int, n: int, global_batch: int, seed: int, rank: int = 0, world: int = 1
+) -> list[int]:
+    """Indices of this rank's share of global batch ``step``: the samples ``step * B ... (step+1) * B - 1``
+    of the stream of per-epoch permutations (a function of ``(seed, epoch)``), every ``world``-th one."""
+    out = []
+    for k in range(step * global_batch + rank, (step + 1) * global_batch, world):
+        epoch, pos = divmod(k, n)
+        out.append(_perm(seed, epoch, n)[pos])
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: never a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state(gen: torch.Generator) -> dict[str, Any]:
+    """Every random state of this process as plain tensors and containers."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "views": gen.get_state(),
+        "python": [version, list(mt), gauss],
+        "numpy": [
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["views"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+class _StudentStep(nn.Module):
+    """The whole student side of a step as one forward, so DDP sees every parameter use (heads too)."""
+
+    def __init__(self, student: Student, teacher: Student, centers: Centers, cfg: PretrainConfig) -> None:
+        super().__init__()
+        self.student = student
+        self.ctx = (teacher, centers, cfg)  # a tuple: not registered, so DDP leaves them alone
+        self.monitors: dict[str, float] = {}
+
+    def forward(self, batch: dict[str, Any], gen: torch.Generator) -> dict[str, Tensor]:
+        teacher, centers, cfg = self.ctx
+        out = pretrain_step(self.student, teacher, centers, batch, cfg, gen)
+        self.monitors = out.monitors
+        return out.losses
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
+@torch.no_grad()
+def _average_(tensors: Sequence[Tensor], world: int) -> None:
+    for x in tensors:
+        dist.all_reduce(x)
+        x.div_(world)
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+
+
+def plot_loss(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [int(r["step"]) for r in rows]
+    for key in ("loss", "mgcl", "cma"):
+        if rows and rows[0].get(key, "") != "":
+            ax.plot(steps, [float(r[key]) for r in rows], label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _batches(cfg: TrainConfig, data: Sequence[dict[str, Any]], start: int, rank: int, world: int) -> Iterator:
+    for step in range(start, cfg.steps):
+        idx = batch_indices(step, len(data), cfg.batch_size, cfg.seed, rank, world)
+        yield step, collate([data[i] for i in idx])
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Pre-train (see module doc); returns ``losses`` (this call's per-step total losses, global mean),
+    ``step`` (steps done) and ``teacher`` (its state dict, for checks across ranks)."""
+    rank, world, device = setup_distributed()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} ranks")
+    out_dir = Path(cfg.out_dir)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    mods = cfg.data.modalities
+    model = build_model(
+        cfg.preset,
+        grad_checkpointing=cfg.grad_checkpointing,
+        **{m: None for m in ("hr", "s2", "s1") if m not in mods},
+    )
+    student, teacher, centers = build_pretrain(model, cfg.pretrain)
+    for module in (student, teacher, centers):
+        module.to(device)
+    opt = torch.optim.AdamW(param_groups(student), lr=cfg.lr, betas=(0.9, 0.999))
+    torch.manual_seed(cfg.seed + rank)  # drop-path differs across ranks, like their data
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)  # views (on CPU, before the device)
+
+    start = 0
+    ckpt_path = out_dir / CKPT
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        student.load_state_dict(ck["student"])
+        teacher.load_state_dict(ck["teacher"])
+        centers.load_state_dict(ck["centers"])
+        opt.load_state_dict(ck["optimizer"])
+        start = int(ck["step"])
+        rngs = ck["rng"]
+        if len(rngs) == world:
+            set_rng_state(rngs[rank], gen)
+        elif rank == 0:
+            print(f"resume: checkpoint from {len(rngs)} rank(s), now {world}: random states restart")
+
+    inner = _StudentStep(student, teacher, centers, cfg.pretrain)
+    step_module: nn.Module = inner
+    if world > 1:
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # e.g. the hr pyramid's unused norms
+        )
+
+    data = build_dataset(cfg.data, cfg.seed)
+    metrics_path = out_dir / "metrics.csv"
+    rows: list[dict[str, Any]] = []
+    if rank == 0:
+        rows = list(_read_metrics(metrics_path, start)) if start else []
+        metrics_path.unlink(missing_ok=True)
+        if rows:  # drop the steps after the checkpoint, they are redone
+            _write_metrics(metrics_path, list(rows[0]), rows)
+    fields: list[str] = list(rows[0]) if rows else []
+    writer_tb = None
+    if rank == 0:
+        with contextlib.suppress(ImportError):
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer_tb = SummaryWriter(str(out_dir / "tb"))
+
+    losses: list[float] = []
+    stop = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
+    bar = tqdm(total=cfg.steps, initial=start, disable=rank != 0 or not cfg.progress, desc="pretrain")
+    step = start
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    for step, batch in _batches(cfg, data, start, rank, world):
+        if step >= stop:
+            break
+        t0 = time.perf_counter()
+        lr, wd, momentum = (
+            lr_at(step, cfg),
+            wd_at(step, cfg),
+            cosine_momentum(step, cfg.steps, cfg.ema_momentum),
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+            if group["name"] == "decay":
+                group["weight_decay"] = wd
+        student.train()
+        with autocast:
+            out = step_module(_to(batch, device), gen)
+        if world > 1:  # in-place updates from local batches -> the same on every rank
+            geo = student.backbone.geo
+            _average_([*centers.buffers(), *([geo.prototypes.data] if geo is not None else [])], world)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        params = [p for p in student.parameters() if p.requires_grad]
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad))
+            if cfg.clip_grad > 0
+            else float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        )
+        opt.step()
+        ema_update_(teacher, student, momentum)
+
+        logged = torch.stack([v.detach().float() for v in out.values()])
+        if world > 1:
+            _average_([logged], world)
+        row: dict[str, Any] = {"step": step + 1, "lr": lr, "wd": wd, "momentum": momentum}
+        row.update({k: float(v) for k, v in zip(out, logged)})
+        row.update(grad_norm=grad_norm, **inner.monitors, time=time.perf_counter() - t0)
+        losses.append(row["loss"])
+        if rank == 0:
+            if not fields:
+                fields = list(row)
+            rows.append(row)
+            if metrics_path.exists():
+                with metrics_path.open("a", newline="") as f:
+                    csv.DictWriter(f, fields, restval="", extrasaction="ignore").writerow(row)
+            else:
+                _write_metrics(metrics_path, fields, rows)
+            if (step + 1) % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+                if writer_tb is not None:
+                    for k, v in row.items():
+                        if k != "step":
+                            writer_tb.add_scalar(k, v, step + 1)
+            bar.update(1)
+        done = step + 1
+        if done % cfg.ckpt_every == 0 or done == stop:
+            _checkpoint(ckpt_path, cfg, done, student, teacher, centers, opt, gen, rank, world)
+        step = done
+    bar.close()
+    if rank == 0:
+        if rows:
+            plot_loss(rows, out_dir / "loss_curve.png")
+        if writer_tb is not None:
+            writer_tb.close()
+    return {"losses": losses, "step": step, "teacher": teacher.state_dict()}
+
+
+def _write_metrics(path: Path, fields: list[str], rows: Sequence[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fields, restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _checkpoint(
+    path: Path,
+    cfg: TrainConfig,
+    step: int,
+    student: Student,
+    teacher: Student,
+    centers: Centers,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    rank: int,
+    world: int,
+) -> None:
+    rng = rng_state(gen)
+    rngs = [rng]
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, rng)
+        rngs = gathered
+    if rank != 0:
+        return
+    state = {
+        "student": student.state_dict(),
+        "teacher": teacher.state_dict(),
+        "centers": centers.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "data": {"seed": cfg.seed, "position": step * cfg.batch_size, "world": world},
+        "rng": rngs,
+        "config": dataclasses.asdict(cfg),
+    }
+    save_checkpoint(path, state)

@@ -1,0 +1,212 @@
+"""The pre-training loop: schedules, exact resume, atomic checkpoints, outputs, CLI, 2-rank gloo DDP."""
+
+import argparse
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from skysense.pretrain import trainer
+from skysense.pretrain.cli import add_commands, load_config
+from skysense.pretrain.heads import HeadConfig
+from skysense.pretrain.losses import LossConfig
+from skysense.pretrain.step import PretrainConfig
+from skysense.pretrain.trainer import (
+    DataConfig,
+    TrainConfig,
+    batch_indices,
+    build_dataset,
+    load_checkpoint,
+    lr_at,
+    param_groups,
+    train,
+    wd_at,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_cfg(out: Path, **kw) -> TrainConfig:
+    base = dict(
+        preset="tiny",
+        steps=4,
+        batch_size=2,
+        warmup_steps=2,
+        out_dir=str(out),
+        ckpt_every=100,
+        progress=False,
+        data=DataConfig(modalities=("hr", "s2", "s1"), tile=16, hr_tile=64, num_samples=5),
+        pretrain=PretrainConfig(
+            heads=HeadConfig(hidden_dim=32, bottleneck_dim=16, out_dim=32), loss=LossConfig(num_clusters=2)
+        ),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_lr_and_wd_schedules():
+    cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=4, steps=12, weight_decay=0.04, weight_decay_end=0.4)
+    got = [lr_at(s, cfg) for s in (0, 1, 3, 4, 8, 12)]
+    assert got == pytest.approx([0.25, 0.5, 1.0, 1.0, 0.5, 0.0], abs=1e-12)
+    assert lr_at(6, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert [wd_at(s, cfg) for s in (0, 6, 12)] == pytest.approx([0.04, 0.22, 0.4])
+    cfg.min_lr = 0.1
+    assert lr_at(12, cfg) == pytest.approx(0.1) and lr_at(8, cfg) == pytest.approx(0.55)
+
+
+def test_param_groups_skip_norms_biases_tokens_prototypes():
+    from skysense.models.skysense import build_model
+    from skysense.pretrain.step import build_pretrain
+
+    student, _, _ = build_pretrain(build_model("tiny"), PretrainConfig())
+    names = {id(p): n for n, p in student.named_parameters()}
+    decay, no_decay = (
+        {names[id(p)] for p in g["params"]} for g in param_groups(student)
+    )  # frozen GCPL prototypes are in neither
+    assert "backbone.encoders.s2.cls_token" in no_decay and "backbone.encoders.s2.pos_embed" in no_decay
+    assert "heads.heads.s2.prototypes.weight" in no_decay
+    assert all(n.endswith("bias") for n in no_decay if ".qkv." in n or ".fc1." in n)
+    assert "backbone.encoders.s2.patch_embed.projection.weight" in decay
+    assert "backbone.geo.prototypes" not in decay | no_decay
+    assert not any("norm" in n for n in decay)
+
+
+def test_data_order_is_a_function_of_seed_and_epoch():
+    a = [batch_indices(s, 5, 2, seed=3) for s in range(5)]
+    assert a == [batch_indices(s, 5, 2, seed=3) for s in range(5)]
+    flat = sum(a, [])
+    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))  # every epoch
+    ranks = [batch_indices(1, 5, 4, 3, r, 2) for r in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(batch_indices(1, 5, 4, 3))
+
+
+def test_resume_is_bit_exact_and_outputs(tmp_path):
+    full = train(tiny_cfg(tmp_path / "full"))
+    part = train(tiny_cfg(tmp_path / "cut", stop_after=2))
+    assert len(part["losses"]) == 2 and part["step"] == 2
+    rest = train(tiny_cfg(tmp_path / "cut"), resume=True)
+    assert part["losses"] + rest["losses"] == full["losses"]  # bit for bit
+    a, b = load_checkpoint(tmp_path / "full" / "last.ckpt"), load_checkpoint(tmp_path / "cut" / "last.ckpt")
+    assert a["step"] == b["step"] == 4
+    for key in ("student", "teacher", "centers"):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+    ck = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)
+    assert {"student", "teacher", "centers", "optimizer", "step", "rng", "data"} <= set(ck)
+    assert {"torch", "views", "python", "numpy"} <= set(ck["rng"][0])
+    out = tmp_path / "cut"
+    lines = (out / "metrics.csv").read_text().splitlines()
+    cols = lines[0].split(",")
+    assert {"step", "lr", "wd", "momentum", "loss", "mgcl", "cma", "grad_norm", "teacher_entropy"} <= set(
+        cols
+    )
+    assert {"pix/hr", "img/fused", "feature_std"} <= set(cols)
+    assert [int(r.split(",")[0]) for r in lines[1:]] == [1, 2, 3, 4]  # resumed rows not duplicated
+    assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+    before = path.read_bytes()
+
+    def broken(obj, f):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(trainer.torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_cli_configs_and_overrides(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["pretrain", "--config", str(ROOT / "configs/pretrain/tiny_cpu.yaml"), "--resume", "steps=3"]
+        + ["lr=1e-4", "pretrain.loss.num_clusters=2", "data.modalities=[s2]"]
+    )
+    assert args.resume and callable(args.func)
+    cfg = load_config(args.config, args.overrides)
+    assert (cfg.steps, cfg.lr, cfg.pretrain.loss.num_clusters) == (3, 1e-4, 2)
+    assert cfg.data.modalities == ("s2",) and cfg.data.sources == ("sen1floods11",) and cfg.bf16
+    for name in ("tiny_cpu", "multimodal_cpu", "huge_gpu"):
+        load_config(ROOT / "configs/pretrain" / f"{name}.yaml")
+    assert load_config(ROOT / "configs/pretrain/huge_gpu.yaml").grad_checkpointing
+    with pytest.raises(ValueError, match="unknown TrainConfig key"):
+        load_config(None, ["stepz=3"])
+
+
+def test_real_sen1floods11_tiles():
+    root = trainer.data_root(DataConfig())
+    if not (root / "sen1floods11").exists():
+        pytest.skip(f"no Sen1Floods11 chip under {root} (set SKYSENSE_DATA)")
+    data = build_dataset(DataConfig(sources=("sen1floods11",), tile=64))
+    assert len(data) == 64
+    s = data[0]
+    assert s["s2"].shape == (1, 10, 64, 64) and s["s1"].shape == (1, 2, 64, 64)
+    assert set(s) == {"s2", "s1", "s2_dates", "s1_dates", "lat", "lon"}
+    assert torch.isfinite(s["s2"]).all() and s["s2"].abs().mean() < 10  # normalised
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+import torch.distributed as dist
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_trainer import tiny_cfg
+from skysense.pretrain.trainer import DataConfig, train
+from pathlib import Path
+out = Path({out!r})
+cfg = tiny_cfg(out / "run", steps=2, ckpt_every=1, data=DataConfig(tile=16, num_samples=4))
+res = train(cfg)
+torch.save(res["teacher"], out / f"teacher{{dist.get_rank()}}.pt")
+dist.barrier()
+dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_ddp_two_ranks_gloo(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path))))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    with socket.socket() as sock:  # a free port (port 0 leaves rank 1 waiting)
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    proc = subprocess.Popen(
+        [*cmd, str(script)],
+        env=env,
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+        proc.communicate()
+        pytest.fail("2-rank DDP run did not finish in 120 s")
+    assert proc.returncode == 0, err[-3000:]
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["last.ckpt", "loss_curve.png", "metrics.csv"]
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header + 2 steps, rank 0 only
+    t0, t1 = (torch.load(tmp_path / f"teacher{r}.pt", weights_only=True) for r in range(2))
+    assert all(torch.equal(t0[k], t1[k]) for k in t0)
+    assert len(load_checkpoint(run / "last.ckpt")["rng"]) == 2
