@@ -14,7 +14,7 @@ by the matmul peak of the mode's dtype from ``results/peak.json`` (``bench/peak.
 are timed in alternating rounds so that foreign load on the box hits both alike.
 The fusion block runs at the paper's shapes (64x64 cells, 1+20+10 dates, batch 1, eager).
 
-    .venv/bin/python -m bench.encoders [--quick] [--large] [--modes fp32,bf16,...] [--no-fusion]
+    .venv/bin/python -m bench.encoders [--quick] [--large] [--modes fp32,bf16,...] [--only swin,vit,fusion]
 """
 
 from __future__ import annotations

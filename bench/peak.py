@@ -6,7 +6,7 @@ Each (shape, path) is timed in several interleaved rounds, each after waiting (b
 be quiet; rows give the median and the fastest call. The peak of a path is its fastest call over all
 shapes (robust to the other users of a shared box); ``results/peak.json`` holds it.
 
-    .venv/bin/python bench/peak.py [--quick]
+    .venv/bin/python -m bench.peak [--quick]   (from the repository root)
 """
 
 from __future__ import annotations
