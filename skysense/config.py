@@ -27,7 +27,7 @@ class SwinConfig:
     patch_size: int = 4
     mlp_ratio: float = 4.0
     cpb_hidden: int = 512  # hidden width of the continuous position-bias MLP
-    extra_norm_every: int = 6  # extra LayerNorm after every n-th block of the deep stage (0 = off)
+    extra_norm_every: int = 6  # extra LayerNorm after every n-th block of each stage (0 = off)
     drop_path: float = 0.0
     norm_eps: float = 1e-5
 

@@ -23,7 +23,8 @@ asserts; we zero-pad the map to the window like any other size and do not shift 
 window). Everywhere the official code runs, the outputs agree to float precision.
 
 Speed (CPU eager is memory-bound here): one ``index_select`` with a cached index does roll + window
-partition, another undoes both and crops the padding; windows are laid out token-major, (N, B*nW, C),
+partition, another undoes both and crops the padding (under ``torch.compile``: plain roll/permute, which
+inductor folds into index arithmetic); windows are laid out token-major, (N, B*nW, C),
 so q/k/v of every window and head are strided views that ``F.scaled_dot_product_attention`` reads
 directly; ``exp(logit_scale)`` is folded into the normalised q; shifted blocks merge the windows into
 the head axis, (B, nW*heads, N, d), so the per-window mask plus position bias broadcasts over the batch.
@@ -207,7 +208,7 @@ class WindowMSAV2(nn.Module):
             q, k, v = (t.reshape(n, batch, -1, d).permute(1, 2, 0, 3) for t in (q, k, v))
             attn_mask = (mask.to(q.dtype).unsqueeze(1) + bias).reshape(1, -1, n, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
-        out = out.permute(2, 0, 1, 3).reshape(n, bw, c)  # a view: SDPA keeps the token-major layout
+        out = out.permute(2, 0, 1, 3).reshape(n, bw, c)  # a view where SDPA keeps the layout (CPU flash)
         return self.proj(out)
 
 
@@ -234,7 +235,8 @@ class ShiftWindowMSA(nn.Module):
             if shift:
                 x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
             # (B, Hp, Wp, C) -> (w, w, B, nh, nw, C) -> (N, B*nW, C)
-            x = x.view(b, nh, ws, nw, ws, c).permute(2, 4, 0, 1, 3, 5).reshape(ws * ws, -1, c)
+            # contiguous: a strided (N, B*nW, C) view would make the qkv linear a bmm on a copied weight
+            x = x.view(b, nh, ws, nw, ws, c).permute(2, 4, 0, 1, 3, 5).reshape(ws * ws, -1, c).contiguous()
             x = self.w_msa(x, b, mask)
             x = x.view(ws, ws, b, nh, nw, c).permute(2, 3, 0, 4, 1, 5).reshape(b, hp, wp, c)
             if shift:
