@@ -37,9 +37,10 @@ from skysense.data import (
     collate,
 )
 from skysense.data.pretrain import PretrainDataset
+from skysense.data.root import data_root
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SKYSENSE_DATA", REPO / ".." / "shared" / "data")).resolve()
+DATA = data_root().resolve()
 OUT = REPO / "bench" / "results" / "data.json"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
-def default_data_root() -> Path:
-    """``$SKYSENSE_DATA``, else ``shared/data`` beside the repository (the real data is never copied in)."""
-    repo = Path(__file__).resolve().parents[1]
-    return Path(os.environ.get("SKYSENSE_DATA", repo.parent / "shared" / "data"))
+from skysense.data.root import data_root
 
 
 def load_sen1floods11(root: Path) -> dict[str, Any]:
@@ -90,7 +85,7 @@ def load_aid(root: Path, count: int) -> tuple[Tensor, list[str]]:
     return torch.stack([p["hr"] for p in picks]), [p["meta"]["class"] for p in picks]
 
 
-def run_demo(data_root: Path, out_dir: Path, preset: str = "tiny", tile: int = 64) -> dict[str, Any]:
+def run_demo(root: Path, out_dir: Path, preset: str = "tiny", tile: int = 64) -> dict[str, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,13 +93,13 @@ def run_demo(data_root: Path, out_dir: Path, preset: str = "tiny", tile: int = 6
 
     from skysense.models.skysense import build_model
 
-    if not (data_root / "sen1floods11").is_dir():
+    if not (root / "sen1floods11").is_dir():
         raise FileNotFoundError(
-            f"no real data at {data_root}: set SKYSENSE_DATA to the folder holding sen1floods11/ and aid/"
+            f"no real data at {root}: set SKYSENSE_DATA to the folder holding sen1floods11/ and aid/"
         )
     torch.manual_seed(0)
     model = build_model(preset).eval()
-    sample = load_sen1floods11(data_root)
+    sample = load_sen1floods11(root)
     batch = tile_batch(sample, tile)
     start = time.perf_counter()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -116,7 +111,7 @@ def run_demo(data_root: Path, out_dir: Path, preset: str = "tiny", tile: int = 6
     mosaic = fused.reshape(rows, n // rows, fused.shape[1], g, g).permute(2, 0, 3, 1, 4)
     mosaic = mosaic.reshape(fused.shape[1], rows * g, (n // rows) * g)
 
-    images, classes = load_aid(data_root, 4)
+    images, classes = load_aid(root, 4)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         hr_out = model({"hr": images})
     summary = {
@@ -159,7 +154,7 @@ def run_demo(data_root: Path, out_dir: Path, preset: str = "tiny", tile: int = 6
 
 def _run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    summary = run_demo(Path(args.data) if args.data else default_data_root(), Path(args.out), args.preset)
+    summary = run_demo(Path(args.data) if args.data else data_root(), Path(args.out), args.preset)
     for key, value in summary.items():
         print(f"{key:>20}: {value}")
     return 0

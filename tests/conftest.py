@@ -13,11 +13,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def data_root() -> Path:
-    """``SKYSENSE_DATA`` or ``shared/data`` beside the repository (never copied into it)."""
-    return Path(os.environ.get("SKYSENSE_DATA", REPO.parent / "shared" / "data"))
-
-
 @pytest.fixture(autouse=True)
 def _torch_defaults() -> None:
     torch.manual_seed(0)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from skysense.data.root import data_root
 from skysense.demo import run_demo
-from tests.conftest import data_root
 
 
 @pytest.mark.skipif(not (data_root() / "sen1floods11").is_dir(), reason="real data (shared/data) not found")

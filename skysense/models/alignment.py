@@ -38,16 +38,3 @@ def resample_to_grid(x: Tensor, size: tuple[int, int]) -> Tensor:
     if size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
         return F.adaptive_avg_pool2d(x, size)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def fold_time(x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-    """(B, T, ...) -> (B*T, ...), returning (B, T) to unfold later."""
-    b, t = x.shape[:2]
-    return x.reshape(b * t, *x.shape[2:]), (b, t)
-
-
-def unfold_time(x: Tensor, bt: tuple[int, int]) -> Tensor:
-    return x.reshape(*bt, *x.shape[1:])
-
-
-__all__ = ["AlignmentHead", "resample_to_grid", "fold_time", "unfold_time"]

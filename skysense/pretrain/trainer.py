@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from skysense.data.collate import collate
+from skysense.data.root import data_root as default_data_root
 from skysense.models.skysense import build_model
 from skysense.pretrain.step import Centers, PretrainConfig, Student, build_pretrain, pretrain_step
 from skysense.pretrain.teacher import cosine_momentum, ema_update_
@@ -170,10 +171,7 @@ def param_groups(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def data_root(cfg: DataConfig) -> Path:
-    if cfg.root:
-        return Path(cfg.root)
-    env = os.environ.get("SKYSENSE_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
+    return Path(cfg.root) if cfg.root else default_data_root()
 
 
 class SyntheticDataset(torch.utils.data.Dataset):

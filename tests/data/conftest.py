@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,10 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from skysense.data.root import data_root
+
 REPO = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("SKYSENSE_DATA", REPO / ".." / "shared" / "data")).resolve()
+DATA = data_root().resolve()
 
 
 def data_path(*parts: str) -> Path:
