@@ -32,6 +32,8 @@ test: lint typecheck unit
 bench: setup
 	$(BIN)/python bench/peak.py
 	$(BIN)/python bench/encoders.py
+	$(BIN)/python bench/linear_probe.py
+	$(BIN)/python bench/multimodal_pretrain.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

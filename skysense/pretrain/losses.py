@@ -59,6 +59,7 @@ class LossConfig:
     cma_temp: float = 0.1
     cma_weight: float = 1.0
     gcpl_momentum: float = 0.99
+    max_pixels: int = 0  # L_pix on at most this many random (cell, date) pairs per direction; 0 = all
 
 
 @torch.no_grad()
@@ -118,8 +119,14 @@ def pixel_loss(
     keep = keep_t[:, :, None] & valid[:, None, :]  # (B, T, N_u)
     if not keep.any():
         return _zero(s), s.new_zeros(0)
-    lt = head_t(partner[keep])
-    return dino_ce(head_s(s[keep]), lt, center, cfg.student_temp, cfg.teacher_temp), lt
+    s_k, t_k = s[keep], partner[keep]  # (n, D)
+    if 0 < cfg.max_pixels < s_k.shape[0]:
+        # Large inputs (s2 series x 64x64 cells) give millions of pairs: an unbiased random subset bounds
+        # the head's cost. The global generator draws it, so checkpoints (which save it) resume exactly.
+        pick = torch.randperm(s_k.shape[0], device=s_k.device)[: cfg.max_pixels]
+        s_k, t_k = s_k[pick], t_k[pick]
+    lt = head_t(t_k)
+    return dino_ce(head_s(s_k), lt, center, cfg.student_temp, cfg.teacher_temp), lt
 
 
 @torch.no_grad()

@@ -144,11 +144,16 @@ def pretrain_step(
     with torch.no_grad():
         t_out = [teacher(w.sample) for w in views]
     geo = student.backbone.geo
+    gcpl_monitors: dict[str, float] = {}
     if lc.gcpl and geo is not None and teacher.backbone.geo is not None:
         query = teacher.backbone.geo.query
         q = torch.cat([query(o["fused_mm"].flatten(2).transpose(1, 2)) for o in t_out], dim=1)  # (B, 2N, d)
         region = t_out[0]["region"]
+        seen = region[region >= 0].unique()
+        before = geo.prototypes.data[seen].clone()
         gcpl_update_(geo.prototypes.data, q, region, lc.gcpl_momentum, lc.sinkhorn_iters, lc.sinkhorn_eps)
+        shift = (geo.prototypes.data[seen] - before).norm() / before.norm().clamp_min(1e-12)
+        gcpl_monitors = {"gcpl_regions": float(seen.numel()), "gcpl_shift": float(shift)}
     s_out = [student(w.sample) for w in views]
 
     losses: dict[str, Tensor] = {}
@@ -198,6 +203,7 @@ def pretrain_step(
     if key is not None:
         feats = t_out[0]["fused"].mean((-2, -1))  # (B, D)
         monitors = collapse_monitors(new_logits[key], getattr(centers, key), lc.teacher_temp, feats)
+    monitors.update(gcpl_monitors)
     if update_centers:
         for k, x in new_logits.items():
             update_center_(getattr(centers, k), x, lc.center_momentum)

@@ -12,13 +12,18 @@ generator, per rank). Checkpoints hold plain tensors and containers only (``torc
 ``weights_only=True``) and are replaced atomically (temporary file + ``os.replace``).
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the loop runs data parallel (gloo on CPU, NCCL
-on CUDA): the whole student step is one ``DistributedDataParallel`` forward, each rank takes its
-share of every global batch, only rank 0 writes files. ``step.py`` has no all-reduce hook, so the
+on CUDA), each rank taking its share of every global batch, only rank 0 writing files. ``strategy``:
+``ddp`` wraps the whole student step in one ``DistributedDataParallel`` forward (a full replica of
+student, teacher and AdamW state per rank); ``fsdp`` shards them with FSDP2 ``fully_shard`` (see
+:func:`shard_`), the path for ``huge`` on GPUs, with checkpoints gathered to full state dicts so the
+model weights of both strategies are interchangeable. ``step.py`` has no all-reduce hook, so the
 teacher centres and the GCPL prototypes, updated in place from each rank's batch, are averaged over
 ranks after every step (for the centres this equals the global-batch update; for the prototypes a
 region seen by one rank only moves by 1/world of its local step); the collapse monitors are those
-of rank 0's batch. Left for later: FSDP2 ``fully_shard`` of the encoders, the path for ``huge`` on
-GPUs (DDP keeps a full replica of student, teacher and AdamW state on every GPU).
+of rank 0's batch.
+
+Also per step: the teacher temperature (DINO's linear warm-up, :func:`teacher_temp_at`) and the
+gradient norm of every part of the model (:func:`grad_norms_by_part`, not under FSDP).
 """
 
 from __future__ import annotations
@@ -40,31 +45,42 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
+from skysense.config import SkySenseConfig, get_preset
 from skysense.data.collate import collate
 from skysense.data.root import data_root as default_data_root
-from skysense.models.skysense import build_model
+from skysense.models.skysense import SkySense, build_model
 from skysense.pretrain.step import Centers, PretrainConfig, Student, build_pretrain, pretrain_step
 from skysense.pretrain.teacher import cosine_momentum, ema_update_
 
 CKPT = "last.ckpt"
 MODEL_KEYS = ("hr", "s2", "s1", "hr_dates", "s2_dates", "s1_dates", "lat", "lon")
-SOURCES = ("synthetic", "sen1floods11", "bigearthnet")
+SOURCES = ("synthetic", "folder", "sen1floods11", "bigearthnet", "slovenia", "aid")
 NO_DECAY = ("token", "pos_embed", "logit_scale", "prototypes")
 
 
 @dataclass
 class DataConfig:
-    """``sources``: any of ``synthetic``, ``sen1floods11`` (the chip cut into tiles), ``bigearthnet``
-    (S1+S2 patches); real ones are read from ``root`` (default: ``$SKYSENSE_DATA``, else the
-    ``shared/data`` folder beside the repository)."""
+    """``sources``: ``synthetic``, or real ones read from ``root`` (default: ``$SKYSENSE_DATA``, else the
+    ``shared/data`` folder beside the repository):
+
+    - ``folder``: your own geo-aligned rasters ``root/{hr,s2,s1}/*.tif``, read lazily by
+      :class:`~skysense.data.pretrain.PretrainDataset` in tiles of ``tile`` s2 pixels (the only
+      source with ``hr`` aligned to S1/S2);
+    - ``sen1floods11`` (the S1+S2 chip cut into tiles), ``bigearthnet`` (S1+S2 patches);
+    - ``slovenia``: the 68-date NDVI series of the eo-learn patch as a 1-band ``s2`` (set
+      ``model.s2.in_chans: 1``);
+    - ``aid``: ``hr`` scenes of ``split`` resized to ``hr_tile`` (split of :mod:`skysense.data.scenes`).
+    """
 
     sources: tuple[str, ...] = ("synthetic",)
     root: str = ""
     modalities: tuple[str, ...] = ("s2", "s1")
     tile: int = 64  # side of s2/s1 tiles in pixels
-    hr_tile: int = 128  # side of synthetic hr tiles
+    hr_tile: int = 128  # side of synthetic and aid hr tiles
+    split: str = "train"  # aid: hash split (train/val/test) used for pre-training
     num_samples: int = 8  # synthetic
     num_dates: dict[str, int] = field(default_factory=lambda: {"s2": 3, "s1": 2})  # synthetic, at most
 
@@ -74,6 +90,7 @@ class TrainConfig:
     """Everything of one run; the YAML files in ``configs/pretrain/`` set these fields (nested ones too)."""
 
     preset: str = "tiny"
+    model: dict[str, Any] = field(default_factory=dict)  # preset overrides, e.g. {s2: {in_chans: 1}}
     steps: int = 20
     batch_size: int = 4  # global, over all ranks
     lr: float = 5e-4  # peak, after warm-up
@@ -82,9 +99,12 @@ class TrainConfig:
     weight_decay: float = 0.04  # cosine from this ...
     weight_decay_end: float = 0.4  # ... to this
     clip_grad: float = 3.0  # max global gradient norm, 0 = off
+    strategy: str = "ddp"  # under torchrun: ddp (replicas) or fsdp (FSDP2 fully_shard: sharded states)
     bf16: bool = True  # autocast of the forward (CPU and CUDA)
     grad_checkpointing: bool = False
     ema_momentum: float = 0.996  # cosine to 1 over the run
+    teacher_temp_start: float = 0.04  # linear warm-up to pretrain.loss.teacher_temp (DINO) ...
+    teacher_temp_warmup_steps: int = 0  # ... over these steps (0 = constant)
     seed: int = 0
     out_dir: str = "runs/pretrain"
     log_every: int = 1  # progress-bar postfix and TensorBoard; metrics.csv gets every step
@@ -146,6 +166,30 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def teacher_temp_at(step: int, cfg: TrainConfig) -> float:
+    """DINO's teacher temperature warm-up: linear from ``teacher_temp_start`` to ``loss.teacher_temp``."""
+    final = cfg.pretrain.loss.teacher_temp
+    if step >= cfg.teacher_temp_warmup_steps:
+        return final
+    return cfg.teacher_temp_start + (final - cfg.teacher_temp_start) * step / cfg.teacher_temp_warmup_steps
+
+
+def model_config(cfg: TrainConfig) -> SkySenseConfig:
+    """The preset with ``cfg.model`` merged in (one level deep) and the modalities not trained dropped."""
+    d = get_preset(cfg.preset).to_dict()
+    for key, value in cfg.model.items():
+        if key not in d:
+            raise ValueError(f"model.{key}: not a SkySenseConfig field; known: {sorted(d)}")
+        if isinstance(value, dict) and isinstance(d[key], dict):
+            d[key] = {**d[key], **value}
+        else:
+            d[key] = value
+    for m in ("hr", "s2", "s1"):
+        if m not in cfg.data.modalities:
+            d[m] = None
+    return SkySenseConfig.from_dict(d)
+
+
 def wd_at(step: int, cfg: TrainConfig) -> float:
     """Cosine from ``weight_decay`` at step 0 to ``weight_decay_end`` at the last step."""
     progress = min(step / max(cfg.steps, 1), 1.0)
@@ -198,6 +242,22 @@ class SyntheticDataset(torch.utils.data.Dataset):
         return out
 
 
+class NormalisedTiles(torch.utils.data.Dataset):
+    """A dataset's samples normalised with the spec's statistics, model keys only (read lazily)."""
+
+    def __init__(self, dataset: Any) -> None:
+        from skysense.data import Normalize
+
+        self.dataset, self.norm = dataset, Normalize()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = self.norm(self.dataset[i])
+        return {k: sample[k] for k in MODEL_KEYS if k in sample}
+
+
 def tiles_of(sample: dict[str, Any], size: int) -> list[dict[str, Any]]:
     """Non-overlapping ``size`` tiles of a normalised s2/s1 sample (model keys only)."""
     h, w = next(sample[m] for m in ("s2", "s1") if m in sample).shape[-2:]
@@ -214,7 +274,9 @@ def tiles_of(sample: dict[str, Any], size: int) -> list[dict[str, Any]]:
 
 def build_dataset(cfg: DataConfig, seed: int = 0) -> Sequence[dict[str, Any]]:
     """The pre-training samples of ``cfg.sources`` (real ones normalised and tiled in memory)."""
-    from skysense.data import BigEarthNetMM, Normalize, Sen1Floods11
+    from skysense.data import BigEarthNetMM, EOPatchDataset, Normalize, Sen1Floods11
+    from skysense.data.pretrain import PretrainDataset
+    from skysense.data.scenes import SceneSamples, load_scenes
 
     unknown = [s for s in cfg.sources if s not in SOURCES]
     if unknown or not cfg.sources:
@@ -223,11 +285,28 @@ def build_dataset(cfg: DataConfig, seed: int = 0) -> Sequence[dict[str, Any]]:
         if len(cfg.sources) > 1:
             raise ValueError("data.sources: 'synthetic' cannot be mixed with real sources")
         return SyntheticDataset(cfg, seed)  # type: ignore[return-value]
+    root = data_root(cfg)
+    if "folder" in cfg.sources:
+        if len(cfg.sources) > 1 or not cfg.root:
+            raise ValueError(
+                "data.sources [folder] reads data.root/{hr,s2,s1}/*.tif: set data.root, no other source"
+            )
+        return NormalisedTiles(PretrainDataset(root, modalities=cfg.modalities, size=cfg.tile))
+    if "aid" in cfg.sources:
+        if len(cfg.sources) > 1 or tuple(cfg.modalities) != ("hr",):
+            raise ValueError("data.sources [aid] is hr only: set data.modalities [hr] and no other source")
+        return SceneSamples(load_scenes(root / "aid", cfg.split, cfg.hr_tile))  # type: ignore[return-value]
     if "hr" in cfg.modalities:
-        raise ValueError("no real source with aligned hr imagery: use modalities [s2, s1]")
+        raise ValueError("no real source with hr imagery aligned to S1/S2: use modalities [s2, s1]")
     mods = tuple(m for m in ("s2", "s1") if m in cfg.modalities)
-    root, norm, samples = data_root(cfg), Normalize(), []
+    norm, samples = Normalize(), []
     for src in cfg.sources:
+        if src == "slovenia":
+            if mods != ("s2",):
+                raise ValueError("data.sources slovenia has an s2 (NDVI) series only: data.modalities [s2]")
+            patch = EOPatchDataset(root / "eolearn_slovenia" / "TestEOPatch")[0]
+            samples += tiles_of(standardise_series(patch), cfg.tile)
+            continue
         ds = (
             Sen1Floods11(root / "sen1floods11", modalities=mods)
             if src == "sen1floods11"
@@ -235,7 +314,20 @@ def build_dataset(cfg: DataConfig, seed: int = 0) -> Sequence[dict[str, Any]]:
         )
         for i in range(len(ds)):
             samples += tiles_of(norm(ds[i]), cfg.tile)
+    if len({s["s2"].shape[-3] for s in samples if "s2" in s}) > 1:
+        raise ValueError(f"data.sources {list(cfg.sources)}: s2 band counts differ; do not mix slovenia")
     return samples
+
+
+def standardise_series(sample: dict[str, Any]) -> dict[str, Any]:
+    """A non-S2-DN series (e.g. NDVI) to zero mean, unit std over its valid pixels; invalid -> 0."""
+    out = dict(sample)
+    x, inv = sample["s2"], sample["s2_invalid"].unsqueeze(-3)  # (T, C, H, W), (T, 1, H, W)
+    ok = ~inv.expand_as(x)
+    valid = x.transpose(0, 1)[ok.transpose(0, 1)].reshape(x.shape[1], -1)  # (C, n)
+    mean, std = valid.mean(1).view(1, -1, 1, 1), valid.std(1).clamp_min(1e-6).view(1, -1, 1, 1)
+    out["s2"] = torch.where(ok, (x - mean) / std, torch.zeros_like(x))
+    return out
 
 
 @functools.lru_cache(maxsize=4)
@@ -337,6 +429,105 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 
 @torch.no_grad()
+def grad_norms_by_part(student: Student) -> dict[str, float]:
+    """``grad/<part>``: gradient norm (before clipping) of each encoder, the alignment heads, the fusion,
+    the geo-context module and the projection heads; 0 where nothing reached the part."""
+    bb = student.backbone
+    parts: dict[str, nn.Module | None] = {f"enc_{m}": e for m, e in bb.encoders.items()}
+    parts.update(align=bb.align, fusion=bb.fusion, geo=bb.geo, heads=student.heads)
+    out = {}
+    for name, part in parts.items():
+        if part is None:
+            continue
+        norms = [p.grad.float().norm() for p in part.parameters() if p.grad is not None]
+        out[f"grad/{name}"] = float(torch.stack(norms).norm()) if norms else 0.0
+    return out
+
+
+def shard_(model: Student, device: torch.device, whole_prototypes: bool) -> None:
+    """FSDP2 ``fully_shard`` of a student or teacher, in place: one unit per encoder, alignment head,
+    the fusion, the geo query and every projection head, then the rest at the root.
+
+    Units are the modules the step calls directly (``heads.cma``, ``geo.query`` are called outside
+    their parents' forward). With ``whole_prototypes`` (GCPL on: frozen to gradients, moved in place)
+    the geo prototypes stay whole on every rank (``ignored_params``); the post-step all-reduce keeps
+    them equal. Student and
+    teacher get the same layout, so the EMA pairs local shards."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    bb, geo = model.backbone, model.backbone.geo
+    ignored = {geo.prototypes} if geo is not None and whole_prototypes else set()
+    units: list[nn.Module] = [
+        *bb.encoders.values(),
+        *bb.align.values(),
+        bb.fusion,
+        *model.heads.heads.values(),
+    ]
+    if geo is not None:
+        units.append(geo.query)
+    if any(True for _ in model.heads.cma.parameters()):
+        units.append(model.heads.cma)
+    for unit in units:
+        fully_shard(unit, mesh=mesh, ignored_params=ignored)
+    fully_shard(model, mesh=mesh, ignored_params=ignored)
+
+
+def _full_states(
+    student: Student, teacher: Student, opt: torch.optim.Optimizer, fsdp: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Whole (unsharded) model and optimiser states: plain ``state_dict`` or, under FSDP, the DCP full
+    state dicts (gathered on every rank), so checkpoints of both strategies hold the same model keys."""
+    if not fsdp:
+        return {"student": student.state_dict(), "teacher": teacher.state_dict()}, opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    models = {
+        k: get_model_state_dict(m, options=full) for k, m in (("student", student), ("teacher", teacher))
+    }
+    return models, get_optimizer_state_dict(student, opt, options=full)
+
+
+def _load_states(
+    ck: dict[str, Any],
+    student: Student,
+    teacher: Student,
+    centers: Centers,
+    opt: torch.optim.Optimizer,
+    fsdp: bool,
+) -> None:
+    """Restore a checkpoint written by either strategy (the optimiser only by the same one)."""
+    centers.load_state_dict(ck["centers"])
+    fmt = ck.get("optimizer_format", "index")
+    if (fmt == "fqn") != fsdp:
+        raise ValueError(
+            f"checkpoint optimiser state was written with strategy={'fsdp' if fmt == 'fqn' else 'ddp'}: "
+            "resume with the same strategy (model weights load with either: start a new run from them)"
+        )
+    if not fsdp:
+        student.load_state_dict(ck["student"])
+        teacher.load_state_dict(ck["teacher"])
+        opt.load_state_dict(ck["optimizer"])
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(student, ck["student"], options=full)
+    set_model_state_dict(teacher, ck["teacher"], options=full)
+    set_optimizer_state_dict(student, opt, ck["optimizer"], options=full)
+
+
+@torch.no_grad()
 def _average_(tensors: Sequence[Tensor], world: int) -> None:
     for x in tensors:
         dist.all_reduce(x)
@@ -399,15 +590,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    mods = cfg.data.modalities
-    model = build_model(
-        cfg.preset,
-        grad_checkpointing=cfg.grad_checkpointing,
-        **{m: None for m in ("hr", "s2", "s1") if m not in mods},
-    )
+    model = build_model(model_config(cfg), grad_checkpointing=cfg.grad_checkpointing)
     student, teacher, centers = build_pretrain(model, cfg.pretrain)
     for module in (student, teacher, centers):
         module.to(device)
+    fsdp = world > 1 and cfg.strategy == "fsdp"
+    if cfg.strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"strategy {cfg.strategy!r}: use ddp or fsdp")
+    if fsdp:
+        geo = student.backbone.geo
+        whole = geo is not None and not geo.prototypes.requires_grad
+        for module in (student, teacher):
+            shard_(module, device, whole)
     opt = torch.optim.AdamW(param_groups(student), lr=cfg.lr, betas=(0.9, 0.999))
     torch.manual_seed(cfg.seed + rank)  # drop-path differs across ranks, like their data
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)  # views (on CPU, before the device)
@@ -416,10 +610,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     ckpt_path = out_dir / CKPT
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
-        student.load_state_dict(ck["student"])
-        teacher.load_state_dict(ck["teacher"])
-        centers.load_state_dict(ck["centers"])
-        opt.load_state_dict(ck["optimizer"])
+        _load_states(ck, student, teacher, centers, opt, fsdp)
         start = int(ck["step"])
         rngs = ck["rng"]
         if len(rngs) == world:
@@ -429,7 +620,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     inner = _StudentStep(student, teacher, centers, cfg.pretrain)
     step_module: nn.Module = inner
-    if world > 1:
+    if world > 1 and not fsdp:
         step_module = nn.parallel.DistributedDataParallel(
             step_module,
             device_ids=[device.index] if device.type == "cuda" else None,
@@ -461,10 +652,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         if step >= stop:
             break
         t0 = time.perf_counter()
-        lr, wd, momentum = (
+        lr, wd, momentum, t_temp = (
             lr_at(step, cfg),
             wd_at(step, cfg),
             cosine_momentum(step, cfg.steps, cfg.ema_momentum),
+            teacher_temp_at(step, cfg),
+        )
+        inner.ctx = (
+            teacher,
+            centers,
+            dataclasses.replace(
+                cfg.pretrain, loss=dataclasses.replace(cfg.pretrain.loss, teacher_temp=t_temp)
+            ),
         )
         for group in opt.param_groups:
             group["lr"] = lr
@@ -478,21 +677,25 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             _average_([*centers.buffers(), *([geo.prototypes.data] if geo is not None else [])], world)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
+        group_norms = {} if fsdp else grad_norms_by_part(student)
         params = [p for p in student.parameters() if p.requires_grad]
-        grad_norm = (
-            float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad))
-            if cfg.clip_grad > 0
-            else float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
-        )
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
         opt.step()
         ema_update_(teacher, student, momentum)
 
         logged = torch.stack([v.detach().float() for v in out.values()])
         if world > 1:
             _average_([logged], world)
-        row: dict[str, Any] = {"step": step + 1, "lr": lr, "wd": wd, "momentum": momentum}
+        row: dict[str, Any] = {
+            "step": step + 1,
+            "lr": lr,
+            "wd": wd,
+            "momentum": momentum,
+            "teacher_temp": t_temp,
+        }
         row.update({k: float(v) for k, v in zip(out, logged)})
-        row.update(grad_norm=grad_norm, **inner.monitors, time=time.perf_counter() - t0)
+        row.update(grad_norm=grad_norm, **group_norms, **inner.monitors, time=time.perf_counter() - t0)
         losses.append(row["loss"])
         if rank == 0:
             if not fields:
@@ -512,7 +715,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             bar.update(1)
         done = step + 1
         if done % cfg.ckpt_every == 0 or done == stop:
-            _checkpoint(ckpt_path, cfg, done, student, teacher, centers, opt, gen, rank, world)
+            _checkpoint(ckpt_path, cfg, done, student, teacher, centers, opt, gen, rank, world, fsdp)
         step = done
     bar.close()
     if rank == 0:
@@ -520,7 +723,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             plot_loss(rows, out_dir / "loss_curve.png")
         if writer_tb is not None:
             writer_tb.close()
-    return {"losses": losses, "step": step, "teacher": teacher.state_dict()}
+    teacher_state = _full_states(student, teacher, opt, fsdp)[0]["teacher"] if fsdp else teacher.state_dict()
+    return {"losses": losses, "step": step, "teacher": teacher_state}
 
 
 def _write_metrics(path: Path, fields: list[str], rows: Sequence[dict[str, Any]]) -> None:
@@ -543,7 +747,9 @@ def _checkpoint(
     gen: torch.Generator,
     rank: int,
     world: int,
+    fsdp: bool = False,
 ) -> None:
+    models, optim = _full_states(student, teacher, opt, fsdp)  # collective under FSDP
     rng = rng_state(gen)
     rngs = [rng]
     if world > 1:
@@ -553,13 +759,26 @@ def _checkpoint(
     if rank != 0:
         return
     state = {
-        "student": student.state_dict(),
-        "teacher": teacher.state_dict(),
+        **models,
         "centers": centers.state_dict(),
-        "optimizer": opt.state_dict(),
+        "optimizer": optim,
+        "optimizer_format": "fqn" if fsdp else "index",
         "step": step,
         "data": {"seed": cfg.seed, "position": step * cfg.batch_size, "world": world},
         "rng": rngs,
         "config": dataclasses.asdict(cfg),
     }
     save_checkpoint(path, state)
+
+
+def load_encoder(path: str | Path, which: str = "teacher") -> SkySense:
+    """The pre-trained encoder (``teacher``, as DINO evaluates, or ``student``) of a run's checkpoint."""
+    if which not in ("teacher", "student"):
+        raise ValueError(f"which={which!r}: use 'teacher' or 'student'")
+    ck = load_checkpoint(path)
+    cfg = from_dict(TrainConfig, ck["config"])
+    model = build_model(model_config(cfg))
+    prefix = "backbone."
+    state = {k[len(prefix) :]: v for k, v in ck[which].items() if k.startswith(prefix)}
+    model.load_state_dict(state)
+    return model.eval()

@@ -211,3 +211,25 @@ def test_gcpl_target_is_assignment_weighted_mean():
     torch.testing.assert_close(gcpl_target(s, f), torch.full((2, 2), 1.5, dtype=D64))
     s = torch.tensor([[1.0, 0.0], [0.25, 0.75]], dtype=D64)
     torch.testing.assert_close(gcpl_target(s, f), torch.tensor([[1.2, 1.2], [2.0, 2.0]], dtype=D64))
+
+
+def test_pixel_loss_subsamples_pairs_without_changing_them():
+    """max_pixels keeps a random subset of the (cell, date) pairs: each kept pair is an exact pair."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 3, 5, 4, generator=g, dtype=D64)  # (B, T, N_u, D)
+    t = torch.randn(2, 3, 5, 4, generator=g, dtype=D64)
+    index = torch.stack([torch.randperm(5, generator=g) for _ in range(2)])  # distinct partners
+    valid, keep_t = torch.ones(2, 5, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool)
+    Z4 = torch.zeros(1, 4, dtype=D64)  # noqa: N806
+    full, lt_full = pixel_loss(s, t, keep_t, index, valid, ident, ident, Z4, CFG)
+    assert lt_full.shape[0] == 30
+    sub_cfg = LossConfig(student_temp=CFG.student_temp, teacher_temp=CFG.teacher_temp, max_pixels=7)
+    torch.manual_seed(1)
+    sub, lt = pixel_loss(s, t, keep_t, index, valid, ident, ident, Z4, sub_cfg)
+    assert lt.shape[0] == 7
+    rows = [int((lt_full == row).all(1).nonzero()[0]) for row in lt]  # which pairs were drawn
+    assert len(set(rows)) == 7
+    s_rows = s.reshape(-1, 4)[rows]  # pairs are (b, t, i) in row-major order, like the mask
+    torch.testing.assert_close(sub, dino_ce(s_rows, lt_full[rows], Z4, CFG.student_temp, CFG.teacher_temp))
+    big = LossConfig(student_temp=CFG.student_temp, teacher_temp=CFG.teacher_temp, max_pixels=100)
+    torch.testing.assert_close(pixel_loss(s, t, keep_t, index, valid, ident, ident, Z4, big)[0], full)

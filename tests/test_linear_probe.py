@@ -1,0 +1,63 @@
+"""Linear probe: features of the frozen encoder, the logistic-regression probe, the hand-crafted baseline."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skysense.data.scenes import normalise_hr
+from skysense.linear_probe import fit_probe, handcrafted_features, hr_features, plot_bars, plot_confusion
+from skysense.models.skysense import build_model
+
+
+def test_hr_features_are_the_pooled_last_stage():
+    model = build_model("tiny", s2=None, s1=None).eval()
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    got = hr_features(model, images, size=64, batch=2, bf16=False)
+    x = F.interpolate(images.float(), size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        want = model.encoders["hr"](normalise_hr(x))[-1].mean((-2, -1))
+    assert got.shape == (3, model.cfg.hr.out_channels[-1])
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+    every = hr_features(model, images, size=64, batch=2, bf16=False, stages="all")
+    assert every.shape == (3, sum(model.cfg.hr.out_channels))
+    np.testing.assert_allclose(every[:, -got.shape[1] :], got, rtol=1e-5, atol=1e-6)
+    bf16 = hr_features(model, images, size=64, bf16=True)
+    assert np.abs(bf16 - got).max() < 0.1 * np.abs(got).max()  # bf16 is an approximation, not noise
+
+
+def test_probe_separates_separable_classes_and_counts_right():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 5
+
+    def split(n):
+        y = rng.integers(0, 3, n)
+        return centres[y] + rng.normal(size=(n, 8)) * 0.1, y
+
+    train, val, test = split(60), split(20), split(40)
+    r = fit_probe(train, val, test, num_classes=4)
+    assert r.oa == 1.0 and r.val_oa == 1.0
+    assert r.confusion.shape == (4, 4) and r.confusion.sum() == 40
+    assert np.array_equal(np.diag(r.confusion)[:3], np.bincount(test[1], minlength=3))
+    noise = fit_probe(*[(rng.normal(size=x.shape), y) for x, y in (train, val, test)])
+    assert noise.oa < 0.8  # labels unrelated to the features are not learnt
+
+
+def test_handcrafted_histograms_by_hand():
+    pytest.importorskip("skimage")
+    img = torch.full((1, 3, 16, 16), 7, dtype=torch.uint8)
+    img[0, 1] = 200
+    f = handcrafted_features(img, bins=32)[0]
+    assert f.shape == (3 * 32 + 10 + 18 + 26,)
+    r, g, b = f[:32], f[32:64], f[64:96]
+    assert r[0] == 1 and g[200 // 8] == 1 and b[0] == 1  # one bin each (width 8)
+    lbp = np.split(f[96:], [10, 28])
+    for hist, p, rad in zip(lbp, (8, 16, 24), (1, 2, 3)):
+        # a flat grey image: every neighbour >= centre -> code P, away from the border (read as 0)
+        assert hist.sum() == pytest.approx(1) and hist[p] >= (16 - 2 * rad) ** 2 / 256 - 1e-6
+
+
+def test_plots_are_written(tmp_path):
+    plot_bars({"a": 0.5, "b": 0.75}, tmp_path / "bars.png")
+    plot_confusion(np.eye(3, dtype=int) * 4, ["x", "y", "z"], tmp_path / "cm.png")
+    assert (tmp_path / "bars.png").stat().st_size > 1000 and (tmp_path / "cm.png").stat().st_size > 1000
