@@ -25,7 +25,7 @@ from tqdm import tqdm
 from skysense.data.scenes import normalise_hr
 from skysense.models.skysense import SkySense
 
-DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0)
+DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 
 
 @torch.no_grad()

@@ -291,7 +291,7 @@ def build_dataset(cfg: DataConfig, seed: int = 0) -> Sequence[dict[str, Any]]:
             raise ValueError(
                 "data.sources [folder] reads data.root/{hr,s2,s1}/*.tif: set data.root, no other source"
             )
-        return NormalisedTiles(PretrainDataset(root, modalities=cfg.modalities, size=cfg.tile))
+        return NormalisedTiles(PretrainDataset(root, modalities=cfg.modalities, size=cfg.tile))  # type: ignore[return-value]
     if "aid" in cfg.sources:
         if len(cfg.sources) > 1 or tuple(cfg.modalities) != ("hr",):
             raise ValueError("data.sources [aid] is hr only: set data.modalities [hr] and no other source")
@@ -580,6 +580,8 @@ def _batches(cfg: TrainConfig, data: Sequence[dict[str, Any]], start: int, rank:
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Pre-train (see module doc); returns ``losses`` (this call's per-step total losses, global mean),
     ``step`` (steps done) and ``teacher`` (its state dict, for checks across ranks)."""
+    if cfg.strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"strategy {cfg.strategy!r}: use ddp or fsdp")
     rank, world, device = setup_distributed()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} ranks")
@@ -595,8 +597,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     for module in (student, teacher, centers):
         module.to(device)
     fsdp = world > 1 and cfg.strategy == "fsdp"
-    if cfg.strategy not in ("ddp", "fsdp"):
-        raise ValueError(f"strategy {cfg.strategy!r}: use ddp or fsdp")
     if fsdp:
         geo = student.backbone.geo
         whole = geo is not None and not geo.prototypes.requires_grad

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 SERIES: tuple[str, ...] = ("s2", "s1")
@@ -48,6 +49,8 @@ class ViewConfig:
     shared_dates: bool = True  # both views keep the same dates
     date_jitter: int = 0  # max |shift| in days, drawn per view and date
     hr_jitter: float = 0.0  # brightness/contrast amplitude on normalised hr (0 = off)
+    hr_grayscale: float = 0.0  # probability of replacing hr by its luminance (BYOL/DINO: 0.2)
+    hr_blur: float = 0.0  # probability of a Gaussian blur of hr, sigma ~ U(0.1, 2) view pixels
 
 
 @dataclass
@@ -212,10 +215,33 @@ def apply_view(
             contrast = 1 + a * (2 * torch.rand(x.shape[0], 1, 1, 1, generator=gen) - 1)
             bright = a * (2 * torch.rand(x.shape[0], x.shape[1], 1, 1, generator=gen) - 1)
             x = x * contrast.to(x) + bright.to(x)
+        if m == "hr":
+            x = photometric(x, cfg, gen)
         out[m] = x
         if inv is not None:
             out[f"{m}_invalid"] = _warp(inv.to(x.dtype), grid, "nearest") > 0.5
     return out
+
+
+def photometric(x: Tensor, cfg: ViewConfig, gen: torch.Generator | None = None) -> Tensor:
+    """Grayscale (luminance of the first 3 bands, on the normalised values) and Gaussian blur, each with
+    its probability per sample; x (B, C, H, W). Geometry is untouched, so correspondences still hold."""
+    b = x.shape[0]
+    gray = torch.rand(b, generator=gen) < cfg.hr_grayscale
+    blur = torch.rand(b, generator=gen) < cfg.hr_blur
+    sigma = 0.1 + 1.9 * torch.rand(b, generator=gen)
+    if not (gray.any() or blur.any()):
+        return x
+    x = x.clone()
+    if gray.any():
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
+        lum = (x[gray, :3] * w.view(1, 3, 1, 1)).sum(1, keepdim=True)  # (n, 1, H, W)
+        x[gray, :3] = lum.expand(-1, 3, -1, -1)
+    for i in blur.nonzero().flatten().tolist():
+        s = float(sigma[i])
+        k = min(2 * math.ceil(3 * s) + 1, 2 * ((min(x.shape[-2:]) - 1) // 2) + 1)  # reflect pad < size
+        x[i] = TF.gaussian_blur(x[i], [k, k], [s, s])
+    return x
 
 
 def make_views(

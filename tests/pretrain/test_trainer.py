@@ -345,3 +345,64 @@ def test_folder_source_pretrains_hr_s2_s1_from_geotiffs(tmp_path):
     assert float(rows[-1]["cma"]) > 0  # hr, s2 and s1 of the same place are aligned
     with pytest.raises(ValueError, match="set data.root"):
         build_dataset(DataConfig(sources=("folder",)))
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
+    """A real kill (SIGKILL of the CLI process between checkpoints), then ``--resume``: the loss
+    trajectory in metrics.csv equals an uninterrupted run's, step for step."""
+    import csv
+    import dataclasses
+    import time
+
+    import yaml
+
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return [plain(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+    cfg = tiny_cfg(tmp_path / "killed", steps=8, ckpt_every=2, data=DataConfig(tile=16, num_samples=6))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(plain(dataclasses.asdict(cfg))))
+    full = train(dataclasses.replace(cfg, out_dir=str(tmp_path / "full")))
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [
+        sys.executable,
+        "-c",
+        "import torch, sys; torch.set_num_threads(1); from skysense.cli import main; "
+        "sys.exit(main(sys.argv[1:]))",
+        "pretrain",
+        "--config",
+        str(config),
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = tmp_path / "killed" / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 1 + 5:  # past the step-4 checkpoint
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, (
+        "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(tmp_path / "killed" / "last.ckpt")["step"] in (4, 6)
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(metrics.open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert [float(r["loss"]) for r in rows] == pytest.approx(full["losses"], rel=0, abs=0)
+
+
+def test_model_overrides_merge_into_the_preset(tmp_path):
+    cfg = TrainConfig(model={"s2": {"in_chans": 1}, "geo": None}, data=DataConfig(modalities=("s2",)))
+    m = trainer.model_config(cfg)
+    assert m.s2.in_chans == 1 and m.s2.embed_dim == trainer.get_preset("tiny").s2.embed_dim
+    assert m.hr is None and m.s1 is None and m.geo is None
+    with pytest.raises(ValueError, match="not a SkySenseConfig field"):
+        trainer.model_config(TrainConfig(model={"s3": {}}))
+    with pytest.raises(ValueError, match="strategy"):
+        train(tiny_cfg(tmp_path / "run", strategy="zero3"))
+    assert not (tmp_path / "run").exists()  # refused before anything is written

@@ -135,3 +135,22 @@ def test_views_share_dates_and_jitter_is_bounded():
         assert (w.sample["s2_dates"] - base).abs().max() <= 4
     u, v = make_views({"s2": s2, "s2_dates": days}, ViewConfig(num_dates={"s2": 3}, shared_dates=False), gen)
     assert u.sample["s2"].shape == v.sample["s2"].shape
+
+
+def test_photometric_grayscale_and_blur_by_hand():
+    from skysense.pretrain.views import ViewConfig, photometric
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 12, 12, generator=g, dtype=torch.float64)
+    assert photometric(x, ViewConfig(), g) is x  # off: untouched
+    gray = photometric(x, ViewConfig(hr_grayscale=1.0), g)
+    lum = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    for c in range(3):
+        torch.testing.assert_close(gray[:, c], lum)
+    const = torch.full((2, 3, 12, 12), 1.5, dtype=torch.float64)
+    torch.testing.assert_close(
+        photometric(const, ViewConfig(hr_blur=1.0), g), const
+    )  # reflect pad: flat stays flat
+    blurred = photometric(x, ViewConfig(hr_blur=1.0), g)
+    assert (blurred.std((-2, -1)) < x.std((-2, -1))).all()  # a low-pass filter
+    torch.testing.assert_close(blurred.mean(), x.mean(), atol=0.05, rtol=0)
