@@ -27,9 +27,17 @@ from torch import Tensor, nn
 
 from skysense.models.skysense import SkySense
 from skysense.pretrain.heads import GRANULARITIES, HeadConfig, ProjectionHeads
-from skysense.pretrain.losses import LossConfig, cma_loss, fgcl, gcpl_update_, update_center_
+from skysense.pretrain.losses import (
+    LossConfig,
+    cma_loss,
+    fgcl,
+    gcpl_update_,
+    image_loss,
+    tokens,
+    update_center_,
+)
 from skysense.pretrain.teacher import collapse_monitors, make_teacher
-from skysense.pretrain.views import View, ViewConfig, correspondence, make_views
+from skysense.pretrain.views import View, ViewConfig, correspondence, local_views, make_views
 
 SERIES: tuple[str, ...] = ("s2", "s1")
 
@@ -127,6 +135,40 @@ def _heads(model: Student, stream: str) -> Callable[[str, Tensor], Tensor]:
     return lambda g, x: model.heads(stream, g, x)
 
 
+def local_image_losses(
+    student: Student,
+    teacher: Student,
+    centers: Centers,
+    t_out: list[dict[str, Any]],
+    views: tuple[View, View],
+    batch: dict[str, Any],
+    cfg: PretrainConfig,
+    gen: torch.Generator | None,
+) -> dict[str, Tensor]:
+    """DINO multi-crop at image level: per stream, L_img of every local crop (student) against both
+    global views (teacher), averaged over the pairs. Dates pair as in MGCL (local crops keep u's)."""
+    crops = local_views(batch, views[0], cfg.views, gen)
+    outs = [student(w.sample) for w in crops]
+    losses = {}
+    for stream in cfg.loss.streams:
+        teachers = [stream_map(o, w.sample, stream) for o, w in zip(t_out, views)]
+        terms = []
+        for o, w in zip(outs, crops):
+            got = stream_map(o, w.sample, stream)
+            for t in teachers:
+                if got is None or t is None:
+                    continue
+                keep = ~got[1] & ~t[1]  # (B, T)
+                s_tok, t_tok = tokens(got[0])[keep], tokens(t[0]).detach()[keep]  # (M, N, D)
+                head_s = lambda x, st=stream: student.heads(st, "img", x)  # noqa: E731
+                head_t = lambda x, st=stream: teacher.heads(st, "img", x)  # noqa: E731
+                center = centers.get(stream)["img"]
+                terms.append(image_loss(s_tok, t_tok, head_s, head_t, center, cfg.loss)[0])
+        if terms:
+            losses[stream] = torch.stack(terms).mean()
+    return losses
+
+
 def pretrain_step(
     student: Student,
     teacher: Student,
@@ -185,6 +227,12 @@ def pretrain_step(
             losses[f"{g}/{stream}"] = value
             mgcl.append(value)
         new_logits.update({f"{stream}_{g}": x for g, x in logits.items()})
+    if cfg.views.local_crops and lc.img:
+        for stream, value in local_image_losses(
+            student, teacher, centers, t_out, views, batch, cfg, gen
+        ).items():
+            losses[f"img_local/{stream}"] = value
+            mgcl.append(value)
     zero = s_out[0]["fused"].sum() * 0.0
     losses["mgcl"] = torch.stack(mgcl).sum() if mgcl else zero
     total = losses["mgcl"]

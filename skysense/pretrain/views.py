@@ -23,7 +23,7 @@ sees them). ``hr`` may get a brightness/contrast jitter. Keys other than the mod
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -51,6 +51,9 @@ class ViewConfig:
     hr_jitter: float = 0.0  # brightness/contrast amplitude on normalised hr (0 = off)
     hr_grayscale: float = 0.0  # probability of replacing hr by its luminance (BYOL/DINO: 0.2)
     hr_blur: float = 0.0  # probability of a Gaussian blur of hr, sigma ~ U(0.1, 2) view pixels
+    local_crops: int = 0  # DINO multi-crop: extra small views, student only, image level (0 = off)
+    local_scale: tuple[float, float] = (0.05, 0.25)  # their crop area
+    local_size: dict[str, int] = field(default_factory=dict)  # their side; default = half the view's
 
 
 @dataclass
@@ -262,3 +265,19 @@ def make_views(
         geoms[1].dates[m] = second.to(sample[m].device)
     u, v = (View(apply_view(sample, g, cfg, gen), g) for g in geoms)
     return u, v
+
+
+def local_views(
+    sample: dict[str, Any], u: View, cfg: ViewConfig, gen: torch.Generator | None = None
+) -> list[View]:
+    """``cfg.local_crops`` small views (DINO multi-crop): crops of ``local_scale`` resampled to ``local_size``
+    (default: half the global view's side), the dates of view ``u``, the same photometric jitter."""
+    b = u.geom.box.shape[0]
+    size = {m: cfg.local_size.get(m, max(1, u.sample[m].shape[-1] // 2)) for m in IMAGES if m in u.sample}
+    local_cfg = replace(cfg, scale=cfg.local_scale, size=size, date_jitter=0)
+    out = []
+    for _ in range(cfg.local_crops):
+        geom = random_geometry(b, local_cfg, gen)
+        geom.dates = dict(u.geom.dates)
+        out.append(View(apply_view(sample, geom, local_cfg, gen), geom))
+    return out

@@ -117,3 +117,57 @@ def test_flags_switch_terms_off(state):
     cfg = make_cfg(pix=False, obj=False, img=False, gcpl=False)
     out, _, _, _ = run(state, make_batch(), cfg=cfg)
     assert set(out.losses) == {"mgcl", "cma", "loss"} and float(out.losses["mgcl"].detach()) == 0
+
+
+def test_multi_crop_adds_local_image_terms_by_a_second_formulation(state):
+    """With local crops, ``img_local/<stream>`` = mean over (crop, global view) of L_img recomputed here
+    from the crops' own student outputs; the global terms are those of the run without crops."""
+    from skysense.pretrain.losses import image_loss, tokens
+    from skysense.pretrain.step import stream_map
+    from skysense.pretrain.views import local_views, make_views
+
+    base = make_cfg()
+    cfg = PretrainConfig(
+        views=ViewConfig(**{**base.views.__dict__, "local_crops": 2}), heads=base.heads, loss=base.loss
+    )
+    batch = make_batch()
+    without, *_ = run(state, batch, seed=3)
+    with_crops, student, teacher, centers = run(state, batch, seed=3, cfg=cfg)
+    for k, v in without.losses.items():  # the same global views: crops are drawn after them
+        if "/" in k:
+            torch.testing.assert_close(with_crops.losses[k], v)
+    streams = ("hr", "s2", "s1", "fused")
+    assert {f"img_local/{s}" for s in streams} <= set(with_crops.losses)
+
+    # Second formulation: replay the generator and the student (weights as before the step, drop-path
+    # seed as in run) on the same views and crops.
+    s0, t0, c0, _ = copy.deepcopy(state)
+    gen = torch.Generator().manual_seed(3)
+    u, v = make_views(batch, cfg.views, gen)
+    crops = local_views(batch, u, cfg.views, gen)
+    assert crops[0].sample["hr"].shape[-1] == u.sample["hr"].shape[-1] // 2
+    assert torch.equal(crops[0].sample["s2_dates"], batch["s2_dates"].gather(1, u.geom.dates["s2"]))
+    t0.eval()
+    with torch.no_grad():
+        t_out = [t0(w.sample) for w in (u, v)]
+    s0.eval()  # no drop-path in tiny
+    want = []
+    for crop in crops:
+        o = s0(crop.sample)
+        for tv, w in zip(t_out, (u, v)):
+            s_map, s_pad = stream_map(o, crop.sample, "hr")
+            t_map, t_pad = stream_map(tv, w.sample, "hr")
+            keep = ~s_pad & ~t_pad
+            want.append(
+                image_loss(
+                    tokens(s_map)[keep],
+                    tokens(t_map)[keep],
+                    lambda x: s0.heads("hr", "img", x),
+                    lambda x: t0.heads("hr", "img", x),
+                    c0.get("hr")["img"],
+                    cfg.loss,
+                )[0]
+            )
+    torch.testing.assert_close(
+        with_crops.losses["img_local/hr"], torch.stack(want).mean(), rtol=1e-4, atol=1e-5
+    )
