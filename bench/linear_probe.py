@@ -45,6 +45,8 @@ def pretrain(name: str, args: argparse.Namespace) -> tuple[Any, float]:
     """Run (or resume, or reuse) one pre-training; returns (config, seconds of training steps)."""
     out = Path(args.out) / name
     overrides = [*VARIANTS[name], f"out_dir={out}", f"steps={args.steps}"]
+    if args.local_crops:
+        overrides.append(f"pretrain.views.local_crops={args.local_crops}")
     if args.batch:
         overrides.append(f"batch_size={args.batch}")
     cfg = load_config(CONFIG, overrides)
@@ -68,6 +70,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=0, help="override the config's batch size")
     p.add_argument("--out", default=str(REPO / "runs/bench/linear_probe"))
     p.add_argument("--sizes", default="64,128", help="probe input sizes")
+    p.add_argument("--local-crops", type=int, default=0, help="DINO multi-crop: local views per sample")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="pre-trainings to run and probe")
     p.add_argument("--quick", action="store_true", help="smoke run: no JSON in bench/results")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
@@ -86,7 +90,7 @@ def main() -> None:
     print(f"loaded in {time.perf_counter() - t0:.0f} s")
 
     encoders, budgets, cfg = {}, {}, None
-    for name in VARIANTS:
+    for name in args.variants.split(","):
         cfg, seconds = pretrain(name, args)
         budgets[name] = seconds
         encoders[f"pretrained ({name})"] = load_encoder(Path(args.out) / name / CKPT)
@@ -149,9 +153,11 @@ def main() -> None:
         "pretrain_seconds": budgets,
         "results": results,
         "config": str(CONFIG.relative_to(REPO)),
+        "local_crops": args.local_crops,
     }
     if not args.quick:
-        print(f"wrote {common.save('linear_probe.json', payload)}")
+        tag = f"_local{args.local_crops}" if args.local_crops else ""
+        print(f"wrote {common.save(f'linear_probe{tag}.json', payload)}")
     print(f"plots in {out}")
 
 

@@ -12,6 +12,9 @@ views, *before* the student forward, so the in-place update never touches a tens
 then the student runs and the losses are built; last, the teacher centres move (EMA). The caller does
 ``backward``, the optimiser step and :func:`skysense.pretrain.teacher.ema_update_`.
 
+With ``views.local_crops`` > 0 (DINO multi-crop, not in the paper), small crops of the batch run through
+the student only and add ``img_local/<stream>``: L_img against both teacher global views.
+
 With GCPL on, ``freeze_prototypes`` (default) takes the prototypes out of gradient descent: they move
 only by the GCPL EMA, as the paper describes; the teacher's copy follows by the parameter EMA.
 """
