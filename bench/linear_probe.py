@@ -31,10 +31,16 @@ import common  # noqa: E402
 
 from skysense.data.root import data_root  # noqa: E402
 from skysense.data.scenes import PROBE_FRACTIONS, load_scenes  # noqa: E402
-from skysense.linear_probe import fit_probe, handcrafted_features, hr_features, plot_bars, plot_confusion  # noqa: E402
+from skysense.linear_probe import (  # noqa: E402
+    handcrafted_features,
+    hr_features,
+    plot_bars,
+    plot_confusion,
+    probe_splits,
+)
 from skysense.models.skysense import build_model  # noqa: E402
 from skysense.pretrain.cli import load_config  # noqa: E402
-from skysense.pretrain.trainer import CKPT, load_encoder, model_config, train  # noqa: E402
+from skysense.pretrain.trainer import CKPT, load_checkpoint, load_encoder, model_config, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs/pretrain/aid_hr_cpu.yaml"
@@ -53,7 +59,7 @@ def pretrain(name: str, args: argparse.Namespace) -> tuple[Any, float]:
     cfg = dataclasses.replace(cfg, progress=not args.quiet)
     done = 0
     if (out / CKPT).exists():
-        done = int(torch.load(out / CKPT, map_location="cpu", weights_only=True)["step"])
+        done = int(load_checkpoint(out / CKPT)["step"])
     if done < cfg.steps:
         print(f"pre-training {name}: steps {done} -> {cfg.steps}")
         train(cfg, resume=True)
@@ -85,7 +91,6 @@ def main() -> None:
     t0 = time.perf_counter()
     splits = {s: load_scenes(root, s, 128, progress=not args.quiet) for s in ("train", "val", "test")}
     classes = splits["train"].classes
-    labels = {s: d.labels.numpy() for s, d in splits.items()}
     print(f"AID hash split {PROBE_FRACTIONS}: " + ", ".join(f"{s} {len(d.ids)}" for s, d in splits.items()))
     print(f"loaded in {time.perf_counter() - t0:.0f} s")
 
@@ -105,9 +110,7 @@ def main() -> None:
     for name, enc in encoders.items():
         for size, stages in probes:
             feats = {s: hr_features(enc, d.images, size, stages=stages) for s, d in splits.items()}
-            r = fit_probe(
-                *[(feats[s], labels[s]) for s in ("train", "val", "test")], num_classes=len(classes)
-            )
+            r = probe_splits(feats, splits)
             key = f"{name} @ {size}px" + (", all stages" if stages == "all" else "")
             results[key] = {"oa": r.oa, "val_oa": r.val_oa, "C": r.c, "dim": feats["train"].shape[1]}
             row = {"features": key, "dim": feats["train"].shape[1], "C": r.c}
@@ -121,7 +124,7 @@ def main() -> None:
     else:
         hand = {s: handcrafted_features(d.images, progress=not args.quiet) for s, d in splits.items()}
         np.savez(cache, **hand)
-    r = fit_probe(*[(hand[s], labels[s]) for s in ("train", "val", "test")], num_classes=len(classes))
+    r = probe_splits(hand, splits)
     results["hand-crafted colour+LBP"] = {
         "oa": r.oa,
         "val_oa": r.val_oa,

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from skysense.pretrain.cli import load_config  # noqa: E402
-from skysense.pretrain.trainer import build_dataset, train  # noqa: E402
+from skysense.pretrain.trainer import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = {"multimodal_cpu": "s2+s1: Sen1Floods11 + BigEarthNet-MM", "slovenia_cpu": "s2 NDVI series, 68 dates"}
@@ -67,10 +67,10 @@ def main() -> None:
         overrides = [f"out_dir={out}", "progress=false"] + ([f"steps={args.steps}"] if args.steps else [])
         cfg: Any = load_config(REPO / "configs/pretrain" / f"{name}.yaml", overrides)
         print(f"{name}: {cfg.steps} steps, batch {cfg.batch_size}", flush=True)
-        train(cfg)
+        samples = train(cfg)["samples"]
         with (out / "metrics.csv").open() as f:
             rows = list(csv.DictReader(f))
-        results.append(summarise(name, rows, len(build_dataset(cfg.data))))
+        results.append(summarise(name, rows, samples))
     cols = list(results[0])
     print(common.table(results, cols))
     if not args.steps:

@@ -163,7 +163,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "aid_hr_
 def pretrain_and_probe(root: Path, out_dir: Path, steps: int, per_class_train: int = 0) -> dict[str, Any]:
     """Steps 1-2 of the module doc: returns the OAs, the split sizes and the output paths."""
     from skysense.data.scenes import PROBE_FRACTIONS, load_scenes, per_class
-    from skysense.linear_probe import fit_probe, hr_features, plot_bars, plot_confusion
+    from skysense.linear_probe import hr_features, plot_bars, plot_confusion, probe_splits
     from skysense.models.skysense import build_model
     from skysense.pretrain.cli import load_config
     from skysense.pretrain.trainer import CKPT, load_encoder, model_config, train
@@ -198,8 +198,7 @@ def pretrain_and_probe(root: Path, out_dir: Path, steps: int, per_class_train: i
     encoders = {"random init": build_model(model_config(cfg)).eval(), "pre-trained": load_encoder(run / CKPT)}
     results, confusion = {}, None
     for name, enc in encoders.items():
-        feats = {s: (hr_features(enc, d.images), d.labels.numpy()) for s, d in splits.items()}
-        r = fit_probe(feats["train"], feats["val"], feats["test"], num_classes=len(splits["train"].classes))
+        r = probe_splits({s: hr_features(enc, d.images) for s, d in splits.items()}, splits)
         results[name] = r.oa
         confusion = r.confusion
     plot_bars(results, out_dir / "linear_probe_oa.png", f"AID linear probe after {steps} steps")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from skysense.data.scenes import normalise_hr
+from skysense.data.scenes import Scenes, normalise_hr
 from skysense.models.skysense import SkySense
 
 DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
@@ -115,6 +115,12 @@ def fit_probe(
     k = num_classes or int(max(train[1].max(), test[1].max())) + 1
     cm = confusion_matrix(test[1], pred, labels=list(range(k)))
     return ProbeResult(float((pred == test[1]).mean()), val_by_c[best], best, cm, val_by_c)
+
+
+def probe_splits(features: dict[str, np.ndarray], splits: dict[str, Scenes]) -> ProbeResult:
+    """:func:`fit_probe` on per-split features (``train``/``val``/``test`` -> (n, D)) of scene splits."""
+    train, val, test = ((features[s], splits[s].labels.numpy()) for s in ("train", "val", "test"))
+    return fit_probe(train, val, test, num_classes=len(splits["train"].classes))
 
 
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> None:

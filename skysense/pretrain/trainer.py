@@ -474,23 +474,26 @@ def shard_(model: Student, device: torch.device, whole_prototypes: bool) -> None
     fully_shard(model, mesh=mesh, ignored_params=ignored)
 
 
+def _full_model_state(model: nn.Module, fsdp: bool) -> dict[str, Any]:
+    """Whole (unsharded) ``state_dict``: under FSDP the DCP full state dict (a collective: every rank
+    calls it), so checkpoints of both strategies hold the same model keys."""
+    if not fsdp:
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 def _full_states(
     student: Student, teacher: Student, opt: torch.optim.Optimizer, fsdp: bool
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Whole (unsharded) model and optimiser states: plain ``state_dict`` or, under FSDP, the DCP full
-    state dicts (gathered on every rank), so checkpoints of both strategies hold the same model keys."""
+    """Whole model states (:func:`_full_model_state`) and optimiser state (FQN-keyed under FSDP)."""
+    models = {"student": _full_model_state(student, fsdp), "teacher": _full_model_state(teacher, fsdp)}
     if not fsdp:
-        return {"student": student.state_dict(), "teacher": teacher.state_dict()}, opt.state_dict()
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
+        return models, opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    models = {
-        k: get_model_state_dict(m, options=full) for k, m in (("student", student), ("teacher", teacher))
-    }
     return models, get_optimizer_state_dict(student, opt, options=full)
 
 
@@ -579,7 +582,8 @@ def _batches(cfg: TrainConfig, data: Sequence[dict[str, Any]], start: int, rank:
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Pre-train (see module doc); returns ``losses`` (this call's per-step total losses, global mean),
-    ``step`` (steps done) and ``teacher`` (its state dict, for checks across ranks)."""
+    ``step`` (steps done), ``teacher`` (its state dict, for checks across ranks) and ``samples`` (the
+    dataset's size)."""
     if cfg.strategy not in ("ddp", "fsdp"):
         raise ValueError(f"strategy {cfg.strategy!r}: use ddp or fsdp")
     rank, world, device = setup_distributed()
@@ -723,8 +727,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             plot_loss(rows, out_dir / "loss_curve.png")
         if writer_tb is not None:
             writer_tb.close()
-    teacher_state = _full_states(student, teacher, opt, fsdp)[0]["teacher"] if fsdp else teacher.state_dict()
-    return {"losses": losses, "step": step, "teacher": teacher_state}
+    return {
+        "losses": losses,
+        "step": step,
+        "teacher": _full_model_state(teacher, fsdp),
+        "samples": len(data),
+    }
 
 
 def _write_metrics(path: Path, fields: list[str], rows: Sequence[dict[str, Any]]) -> None:
