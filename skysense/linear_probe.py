@@ -1,6 +1,8 @@
 """Linear probing of frozen features: the standard test of what self-supervised pre-training learnt.
 
-The encoder is frozen; an ``hr`` scene becomes the global average of its last Swin stage (B, C4);
+The encoder is frozen; an ``hr`` scene becomes the global average of its last Swin stage (B, C4), or
+of all four stages, optionally with each channel's spatial standard deviation next to its mean
+(second-order pooling: the texture statistics that colour + LBP histograms capture by hand);
 a multinomial logistic regression (scikit-learn, L2, features standardised on the train split) is
 fitted on the train split with its strength ``C`` chosen on the val split, then refitted on
 train + val and scored on test: overall accuracy (OA) and the confusion matrix.
@@ -36,14 +38,18 @@ def hr_features(
     batch: int = 128,
     bf16: bool = True,
     stages: str = "last",
+    pool: str = "mean",
 ) -> np.ndarray:
     """images (N, 3, H, W) uint8 -> (N, C4) float32: last-stage Swin map, averaged over space.
 
-    ``stages="all"`` concatenates the averages of all four stages (N, C1 + ... + C4) instead.
+    ``stages="all"`` concatenates the averages of all four stages (N, C1 + ... + C4) instead;
+    ``pool="meanstd"`` appends each channel's standard deviation over space, doubling the width.
     ``size`` resizes first (antialiased bilinear); bf16 autocast on CPU changes the probe's OA by well
     under a point and runs ~2x faster here."""
     if stages not in ("last", "all"):
         raise ValueError(f"stages={stages!r}: use 'last' or 'all'")
+    if pool not in ("mean", "meanstd"):
+        raise ValueError(f"pool={pool!r}: use 'mean' or 'meanstd'")
     if "hr" not in encoder.encoders:
         raise ValueError("the encoder has no hr branch")
     swin = encoder.encoders["hr"]
@@ -56,8 +62,11 @@ def hr_features(
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             maps = swin(normalise_hr(x))  # 4 x (b, C_i, h_i, w_i)
-        maps = maps if stages == "all" else maps[-1:]
-        out.append(torch.cat([m.float().mean((-2, -1)) for m in maps], dim=1))
+        maps = [m.float() for m in (maps if stages == "all" else maps[-1:])]
+        pooled = [m.mean((-2, -1)) for m in maps]
+        if pool == "meanstd":
+            pooled += [m.std((-2, -1), correction=0) for m in maps]
+        out.append(torch.cat(pooled, dim=1))
     swin.train(was_training)
     return torch.cat(out).numpy()
 

@@ -22,6 +22,16 @@ def test_hr_features_are_the_pooled_last_stage():
     every = hr_features(model, images, size=64, batch=2, bf16=False, stages="all")
     assert every.shape == (3, sum(model.cfg.hr.out_channels))
     np.testing.assert_allclose(every[:, -got.shape[1] :], got, rtol=1e-5, atol=1e-6)
+    second = hr_features(model, images, size=64, batch=3, bf16=False, stages="all", pool="meanstd")
+    with torch.no_grad():
+        maps = [m.double() for m in model.encoders["hr"](normalise_hr(x))]
+    var = [((m - m.mean((-2, -1), keepdim=True)) ** 2).mean((-2, -1)) for m in maps]  # by definition
+    assert second.shape == (3, 2 * every.shape[1])
+    np.testing.assert_allclose(second[:, : every.shape[1]], every, rtol=1e-5, atol=1e-6)
+    std = torch.cat(var, 1).sqrt().numpy()
+    np.testing.assert_allclose(second[:, every.shape[1] :], std, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="pool"):
+        hr_features(model, images, pool="max")
     bf16 = hr_features(model, images, size=64, bf16=True)
     assert np.abs(bf16 - got).max() < 0.1 * np.abs(got).max()  # bf16 is an approximation, not noise
 
