@@ -172,12 +172,13 @@ def main() -> None:
             if name.startswith("pretrained (full)") and r.oa > best.get("oa", -1):
                 best = {"oa": r.oa, "cm": r.confusion, "key": f"{name} @ {probe_name(size, stages, pool)}"}
     for size in sorted({128, args.scene_size}):
-        cache = out / f"handcrafted_{size}_of_{args.scene_size}.npz"  # LBP takes minutes: computed once
+        cache = REPO / f"runs/bench/cache/handcrafted_{size}_of_{args.scene_size}.npz"  # LBP: minutes
         if cache.exists():
             hand = dict(np.load(cache))
         else:
             small = {s: resize_uint8(d.images, size) for s, d in splits.items()}
             hand = {s: handcrafted_features(x, progress=not args.quiet) for s, x in small.items()}
+            cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, **hand)
         record(f"hand-crafted colour+LBP @ {size}px", hand)
     goals = judge(results, args.scene_size)
