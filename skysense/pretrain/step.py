@@ -2,7 +2,9 @@
 
 ``L = L_MGCL + w_cma * L_CMA`` with ``L_MGCL = sum over streams (hr, s2, s1, fused) of L_pix + L_obj +
 L_img`` (Eq. 5). Streams: ``hr`` = the stage-4 map (stride 32), ``s2``/``s1`` = the last ViT map per
-date, ``fused`` = F_fus (with the geo-context half). The CMA embedding of a modality is its aligned
+date, ``fused`` = F_fus (with the geo-context half). ``hr1`` ... ``hr4`` name one stage of the hr pyramid
+(``hr4`` is ``hr`` with a head of its own): not in the paper, they give the earlier stages MGCL targets
+of their own, on grids fine enough for pixel and object terms when views are small. The CMA embedding of a modality is its aligned
 map (``hr`` stage 4, ``s2_aligned``, ``s1_aligned``, all in the hr stage-4 space) pooled over space and
 valid dates, through one shared linear projection.
 
@@ -45,6 +47,11 @@ from skysense.pretrain.views import View, ViewConfig, correspondence, local_view
 SERIES: tuple[str, ...] = ("s2", "s1")
 
 
+def hr_stage(stream: str) -> int | None:
+    """Pyramid index (0-based) of an ``hr<k>`` stream, None for other streams."""
+    return int(stream[2:]) - 1 if stream[:2] == "hr" and stream[2:].isdigit() else None
+
+
 @dataclass
 class PretrainConfig:
     views: ViewConfig = field(default_factory=ViewConfig)
@@ -56,12 +63,19 @@ class PretrainConfig:
 class Student(nn.Module):
     """The encoder g and its projection heads; the teacher is a :func:`make_teacher` copy of this."""
 
-    def __init__(self, backbone: SkySense, cfg: HeadConfig) -> None:
+    def __init__(self, backbone: SkySense, cfg: HeadConfig, streams: tuple[str, ...] = ()) -> None:
         super().__init__()
         bcfg = backbone.cfg
         dims = {"fused": backbone.out_dim}
         if bcfg.hr is not None:
             dims["hr"] = bcfg.hr.out_channels[-1]
+        for s in streams:
+            k = hr_stage(s)
+            if k is not None:
+                if bcfg.hr is None or not 0 <= k < len(bcfg.hr.out_channels):
+                    n = 0 if bcfg.hr is None else len(bcfg.hr.out_channels)
+                    raise ValueError(f"MGCL stream {s!r}: the hr encoder has {n} stages (hr1 ... hr{n})")
+                dims[s] = bcfg.hr.out_channels[k]
         for m in SERIES:
             vit = getattr(bcfg, m)
             if vit is not None:
@@ -94,7 +108,11 @@ class StepOutput:
 
 def build_pretrain(backbone: SkySense, cfg: PretrainConfig) -> tuple[Student, Student, Centers]:
     """Student (backbone + heads), its EMA teacher and the teacher centres."""
-    student = Student(backbone, cfg.heads)
+    known = {"hr", "fused", *SERIES}
+    bad = [s for s in cfg.loss.streams if s not in known and hr_stage(s) is None]
+    if bad:
+        raise ValueError(f"unknown MGCL streams {bad}: use hr, hr1 ... hr4 (hr stages), s2, s1, fused")
+    student = Student(backbone, cfg.heads, cfg.loss.streams)
     if cfg.loss.gcpl and cfg.freeze_prototypes and backbone.geo is not None:
         backbone.geo.prototypes.requires_grad_(False)
     return student, make_teacher(student), Centers(cfg.loss.streams, cfg.heads.out_dim)
@@ -102,10 +120,11 @@ def build_pretrain(backbone: SkySense, cfg: PretrainConfig) -> tuple[Student, St
 
 def stream_map(out: dict[str, Any], sample: dict[str, Any], stream: str) -> tuple[Tensor, Tensor] | None:
     """Feature map (B, T, D, h, w) and padding (B, T) of one MGCL stream, None if absent."""
+    k = -1 if stream == "hr" else hr_stage(stream)
     if stream == "fused":
         x = out["fused"].unsqueeze(1)
-    elif stream == "hr" and "hr" in out:
-        x = out["hr"][-1].unsqueeze(1)
+    elif k is not None and "hr" in out:
+        x = out["hr"][k].unsqueeze(1)
     elif stream in SERIES and stream in out:
         x = out[stream][-1]
         pad = sample.get(f"{stream}_mask")

@@ -171,3 +171,31 @@ def test_multi_crop_adds_local_image_terms_by_a_second_formulation(state):
     torch.testing.assert_close(
         with_crops.losses["img_local/hr"], torch.stack(want).mean(), rtol=1e-4, atol=1e-5
     )
+
+
+def test_hr_stage_streams_reach_the_earlier_stages():
+    """``hr3`` runs MGCL on the stage-3 map with a head of its own: its terms appear, its map is the
+    pyramid's third output, and the stage-3 norm (unused with ``hr`` alone) now gets a gradient."""
+    from skysense.pretrain.step import stream_map
+
+    torch.manual_seed(0)
+    cfg = make_cfg(streams=("hr", "hr3"), cma=False, gcpl=False)
+    student, teacher, centers = build_pretrain(build_model("tiny"), cfg)
+    assert student.heads.heads["hr3"].mlp[0].in_features == student.backbone.cfg.hr.out_channels[2]
+    batch = {"hr": make_batch()["hr"]}
+    out = pretrain_step(student, teacher, centers, batch, cfg, torch.Generator().manual_seed(0))
+    assert {f"{g}/hr3" for g in ("pix", "obj", "img")} <= set(out.losses)
+    out.losses["loss"].backward()
+    grads = dict(student.named_parameters())
+    assert grads["backbone.encoders.hr.norm2.weight"].grad.abs().sum() > 0
+    assert grads["heads.heads.hr3.prototypes.weight"].grad.abs().sum() > 0
+    feats = student.backbone({"hr": batch["hr"]})
+    got, pad = stream_map(feats, batch, "hr3")
+    assert torch.equal(got[:, 0], feats["hr"][2]) and not pad.any()
+    assert torch.count_nonzero(centers.hr3_img) > 0  # its own teacher centre moved
+
+
+@pytest.mark.parametrize("streams", [("hr", "hr9"), ("optical",)])
+def test_unknown_streams_are_refused(streams):
+    with pytest.raises(ValueError, match="stream"):
+        build_pretrain(build_model("tiny"), make_cfg(streams=streams))
