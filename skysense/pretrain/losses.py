@@ -45,7 +45,7 @@ class LossConfig:
     pix: bool = True
     obj: bool = True
     img: bool = True
-    streams: tuple[str, ...] = ("hr", "s2", "s1", "fused")  # MGCL feature streams
+    streams: tuple[str, ...] = ("hr", "s2", "s1", "fused")  # MGCL streams; hr1 ... hr4: one hr stage
     cma: bool = True
     gcpl: bool = True
     student_temp: float = 0.1

@@ -4,9 +4,10 @@
 L_img`` (Eq. 5). Streams: ``hr`` = the stage-4 map (stride 32), ``s2``/``s1`` = the last ViT map per
 date, ``fused`` = F_fus (with the geo-context half). ``hr1`` ... ``hr4`` name one stage of the hr pyramid
 (``hr4`` is ``hr`` with a head of its own): not in the paper, they give the earlier stages MGCL targets
-of their own, on grids fine enough for pixel and object terms when views are small. The CMA embedding of a modality is its aligned
-map (``hr`` stage 4, ``s2_aligned``, ``s1_aligned``, all in the hr stage-4 space) pooled over space and
-valid dates, through one shared linear projection.
+of their own, on grids fine enough for pixel and object terms when views are small.
+
+The CMA embedding of a modality is its aligned map (``hr`` stage 4, ``s2_aligned``, ``s1_aligned``,
+all in the hr stage-4 space) pooled over space and valid dates, through one shared linear projection.
 
 Order inside :func:`pretrain_step`: the teacher runs first (no grad); GCPL then updates the student's
 prototypes in place from the teacher's ``F_fus_mm`` (projected by the teacher's geo query) of both
