@@ -70,13 +70,10 @@ class Student(nn.Module):
         dims = {"fused": backbone.out_dim}
         if bcfg.hr is not None:
             dims["hr"] = bcfg.hr.out_channels[-1]
-        for s in streams:
-            k = hr_stage(s)
-            if k is not None:
-                if bcfg.hr is None or not 0 <= k < len(bcfg.hr.out_channels):
-                    n = 0 if bcfg.hr is None else len(bcfg.hr.out_channels)
-                    raise ValueError(f"MGCL stream {s!r}: the hr encoder has {n} stages (hr1 ... hr{n})")
-                dims[s] = bcfg.hr.out_channels[k]
+            for s in streams:  # hr stage streams, checked by build_pretrain
+                k = hr_stage(s)
+                if k is not None:
+                    dims[s] = bcfg.hr.out_channels[k]
         for m in SERIES:
             vit = getattr(bcfg, m)
             if vit is not None:
@@ -109,10 +106,14 @@ class StepOutput:
 
 def build_pretrain(backbone: SkySense, cfg: PretrainConfig) -> tuple[Student, Student, Centers]:
     """Student (backbone + heads), its EMA teacher and the teacher centres."""
-    known = {"hr", "fused", *SERIES}
-    bad = [s for s in cfg.loss.streams if s not in known and hr_stage(s) is None]
+    n = len(backbone.cfg.hr.out_channels) if backbone.cfg.hr is not None else 0
+    stages = {f"hr{k}" for k in range(1, n + 1)}
+    bad = [s for s in cfg.loss.streams if s not in {"hr", "fused", *SERIES, *stages}]
     if bad:
-        raise ValueError(f"unknown MGCL streams {bad}: use hr, hr1 ... hr4 (hr stages), s2, s1, fused")
+        raise ValueError(
+            f"unknown MGCL streams {bad}: use hr, s2, s1, fused or a stage of this hr encoder, "
+            f"{sorted(stages)}"
+        )
     student = Student(backbone, cfg.heads, cfg.loss.streams)
     if cfg.loss.gcpl and cfg.freeze_prototypes and backbone.geo is not None:
         backbone.geo.prototypes.requires_grad_(False)
