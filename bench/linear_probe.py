@@ -1,6 +1,7 @@
 """Does pre-training learn? Linear probes on AID of the hr encoder: pre-trained vs random vs ablation.
 
     python bench/linear_probe.py --steps 3500 --local-crops 4  # the best recorded run (~70 min, 2 threads)
+    python bench/linear_probe.py --steps 3500 --local-crops 4 --seeds 0,1,2  # mean +- std of 3 seeds
     python bench/linear_probe.py --steps 100 --quick # a smoke run
 
 1. Pre-train ``configs/pretrain/aid_hr_cpu.yaml`` (full MGCL: pixel + object + image levels) and the
@@ -14,16 +15,25 @@
    ``--scene-size`` px: the last stage at 128 px, all four stages at 128 and 256 px, and all stages
    with mean + std pooling at 256 px: the primary probe, on which the goals are judged. Also probe
    the hand-crafted colour + LBP descriptor at 128 and 256 px (the best of the two is the bar).
-3. Print a table and the goals; write ``bench/results/linear_probe{--tag}.json`` and, in the output
+3. With ``--seeds``, repeat 1-2 per seed (pre-training and random init) in ``--out/seed{N}`` and judge
+   the goals on the means over seeds; the full - image-only difference is also given per seed
+   (paired: same seed, same split). Probe scores are kept in each run's ``probes.json``, so adding a
+   seed re-runs only what is new.
+4. Print a table and the goals; write ``bench/results/linear_probe{--tag}.json`` and, in the output
    folder, bar and confusion-matrix PNGs.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import hashlib
+import json
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +51,7 @@ from skysense.linear_probe import (  # noqa: E402
     plot_bars,
     plot_confusion,
     probe_splits,
+    summarise_seeds,
 )
 from skysense.models.skysense import build_model  # noqa: E402
 from skysense.pretrain.cli import load_config  # noqa: E402
@@ -71,16 +82,18 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
-def judge(results: dict[str, Any], scene_size: int) -> dict[str, tuple[bool, str]]:
+def judge(results: dict[str, Any], scene_size: int, n_seeds: int = 1) -> dict[str, tuple[bool, str]]:
     """The issue's three goals on the primary probe: +15 OA over random init, above the best hand-crafted
-    score, full MGCL above the image-level-only ablation (where both were run)."""
+    score, full MGCL above the image-level-only ablation (where both were run). ``results`` holds one
+    run's scores, or the means over ``n_seeds`` seeds."""
     probe = probe_name(*primary_probe(scene_size))
     oa = {k.rsplit(" @ ", 1)[0]: v["oa"] for k, v in results.items() if k.endswith(probe)}
     hand = max(v["oa"] for k, v in results.items() if k.startswith("hand-crafted"))
     full, rnd = oa.get("pretrained (full)"), oa.get("random init")
     goals: dict[str, tuple[bool, str]] = {}
+    where = f"{probe}, mean of {n_seeds} seeds" if n_seeds > 1 else probe
     if full is not None and rnd is not None:
-        goals["full >= random + 15"] = (full - rnd >= 0.15, f"{100 * full:.1f} vs {100 * rnd:.1f} @ {probe}")
+        goals["full >= random + 15"] = (full - rnd >= 0.15, f"{100 * full:.1f} vs {100 * rnd:.1f} @ {where}")
         goals["full > hand-crafted"] = (full > hand, f"{100 * full:.1f} vs {100 * hand:.1f}")
     if full is not None and "pretrained (image_only)" in oa:
         io = oa["pretrained (image_only)"]
@@ -88,27 +101,59 @@ def judge(results: dict[str, Any], scene_size: int) -> dict[str, tuple[bool, str
     return goals
 
 
-def pretrain(name: str, args: argparse.Namespace) -> tuple[Any, float]:
-    """Run (or resume, or reuse) one pre-training; returns (config, seconds of training steps)."""
-    out = Path(args.out) / name
-    overrides = [*VARIANTS[name], *args.set, f"out_dir={out}", f"steps={args.steps}"]
+def pretrain(name: str, args: argparse.Namespace, out: Path, seed: int | None) -> tuple[Any, int, float]:
+    """Run (or resume, or reuse) one pre-training in ``out / name``; returns (config, steps done,
+    seconds of training steps)."""
+    run = out / name
+    overrides = [*VARIANTS[name], *args.set, f"out_dir={run}", f"steps={args.steps}"]
+    if seed is not None:
+        overrides.append(f"seed={seed}")
     if args.local_crops:
         overrides.append(f"pretrain.views.local_crops={args.local_crops}")
     if args.batch:
         overrides.append(f"batch_size={args.batch}")
     cfg = load_config(CONFIG, overrides)
     cfg = dataclasses.replace(cfg, progress=not args.quiet)
-    done = 0
-    if (out / CKPT).exists():
-        done = int(load_checkpoint(out / CKPT)["step"])
+    done = int(load_checkpoint(run / CKPT)["step"]) if (run / CKPT).exists() else 0
     if done < cfg.steps:
-        print(f"pre-training {name}: steps {done} -> {cfg.steps}")
+        print(f"pre-training {name} (seed {cfg.seed}): steps {done} -> {cfg.steps}", flush=True)
         train(cfg, resume=True)
-    import csv
-
-    with (out / "metrics.csv").open() as f:
+        done = cfg.steps
+    with (run / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    return cfg, sum(float(r["time"]) for r in rows)
+    return cfg, done, sum(float(r["time"]) for r in rows)
+
+
+def probe_encoder(
+    label: str, encoder: Callable[[], Any], splits: dict[str, Any], scene_size: int, folder: Path, stamp: str
+) -> dict[str, dict[str, Any]]:
+    """Every probe of PROBES on one frozen encoder -> {probe name: result}. Results are kept in
+    ``folder/probes.json`` under ``stamp`` (what was probed), so a re-run only probes what is new;
+    ``encoder`` builds the network only when a probe is missing."""
+    path = folder / "probes.json"
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    mine: dict[str, dict[str, Any]] = cache.setdefault(stamp, {})
+    enc = None
+    for size, stages, pool in PROBES:
+        if size > scene_size:
+            continue
+        probe = probe_name(size, stages, pool)
+        if probe not in mine:
+            enc = enc or encoder()
+            feats = {s: hr_features(enc, d.images, size, stages=stages, pool=pool) for s, d in splits.items()}
+            r = probe_splits(feats, splits)
+            mine[probe] = {"oa": r.oa, "val_oa": r.val_oa, "C": r.c, "dim": feats["train"].shape[1]}
+            mine[probe]["confusion"] = r.confusion.tolist()
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(path)
+        r = mine[probe]
+        print(
+            f"{label} @ {probe}: test OA {100 * r['oa']:.1f} (val {100 * r['val_oa']:.1f}, C {r['C']})",
+            flush=True,
+        )
+    return mine
 
 
 def main() -> None:
@@ -121,6 +166,7 @@ def main() -> None:
     p.add_argument("--tag", default="", help="suffix of the JSON in bench/results")
     p.add_argument("--local-crops", type=int, default=0, help="DINO multi-crop: local views per sample")
     p.add_argument("--variants", default=",".join(VARIANTS), help="pre-trainings to run and probe")
+    p.add_argument("--seeds", default="", help="e.g. 0,1,2: repeat everything per seed in --out/seed{N}")
     p.add_argument("--quick", action="store_true", help="smoke run: no JSON in bench/results")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
@@ -130,6 +176,7 @@ def main() -> None:
         sys.exit(f"AID not found at {root}: set SKYSENSE_DATA to the shared data folder")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    seeds: list[int | None] = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
 
     t0 = time.perf_counter()
     splits = {
@@ -139,60 +186,96 @@ def main() -> None:
     print(f"AID hash split {PROBE_FRACTIONS}: " + ", ".join(f"{s} {len(d.ids)}" for s, d in splits.items()))
     print(f"loaded in {time.perf_counter() - t0:.0f} s")
 
-    encoders, budgets, cfg = {}, {}, None
-    for name in args.variants.split(","):
-        cfg, seconds = pretrain(name, args)
-        budgets[name] = seconds
-        if seconds > BUDGET_S:
-            print(f"warning: {name} used {seconds:.0f} s of steps, over the {BUDGET_S:.0f}-s budget")
-        encoders[f"pretrained ({name})"] = load_encoder(Path(args.out) / name / CKPT)
-    assert cfg is not None
-    torch.manual_seed(cfg.seed)  # the trainer's initialisation
-    encoders["random init"] = build_model(model_config(cfg)).eval()
+    budgets: dict[str, float] = {}
+    by_seed: dict[int, dict[str, dict[str, Any]]] = {}  # seed -> {"method @ probe": result}
+    cfg = None
+    for seed in seeds:
+        base = out if seed is None else out / f"seed{seed}"
+        jobs = []
+        for name in args.variants.split(","):
+            cfg, step, seconds = pretrain(name, args, base, seed)
+            budgets[name if seed is None else f"{name} (seed {seed})"] = seconds
+            if seconds > BUDGET_S:
+                print(f"warning: {name} used {seconds:.0f} s of steps, over the {BUDGET_S:.0f}-s budget")
+            ckpt = base / name / CKPT
+            jobs.append((f"pretrained ({name})", partial(load_encoder, ckpt), base / name, f"step {step}"))
+        assert cfg is not None
+        mcfg = model_config(cfg)
+        digest = hashlib.sha1(repr(mcfg).encode()).hexdigest()[:12]
 
-    rows: list[dict[str, Any]] = []
-    results: dict[str, Any] = {}
-    best: dict[str, Any] = {}
+        def random_init(mcfg: Any = mcfg, seed: int = cfg.seed) -> Any:
+            torch.manual_seed(seed)  # the trainer's initialisation
+            return build_model(mcfg).eval()
 
-    def record(key: str, feats: dict[str, np.ndarray]) -> Any:
-        r = probe_splits(feats, splits)
-        dim = feats["train"].shape[1]
-        results[key] = {"oa": r.oa, "val_oa": r.val_oa, "C": r.c, "dim": dim}
-        oas = {"val OA": f"{100 * r.val_oa:.1f}", "test OA": f"{100 * r.oa:.1f}"}
-        rows.append({"features": key, "dim": dim, "C": r.c} | oas)
-        print(f"{key}: test OA {100 * r.oa:.1f} (val {100 * r.val_oa:.1f}, C {r.c})", flush=True)
-        return r
+        jobs.append(("random init", random_init, base / "random_init", f"seed {cfg.seed}, model {digest}"))
+        by_seed[cfg.seed] = {
+            f"{label} @ {probe}": r
+            for label, build, folder, stamp in jobs
+            for probe, r in probe_encoder(
+                label, build, splits, args.scene_size, folder, f"{stamp} @ {args.scene_size}px scenes"
+            ).items()
+        }
 
-    for name, enc in encoders.items():
-        for size, stages, pool in PROBES:
-            if size > args.scene_size:
-                continue
-            feats = {s: hr_features(enc, d.images, size, stages=stages, pool=pool) for s, d in splits.items()}
-            key = f"{name} @ {probe_name(size, stages, pool)}"
-            r = record(key, feats)
-            if name.startswith("pretrained (full)") and r.oa > best.get("oa", -1):
-                best = {"oa": r.oa, "cm": r.confusion, "key": key}
+    hand: dict[str, dict[str, Any]] = {}
     for size in sorted({128, args.scene_size}):
         cache = REPO / f"runs/bench/cache/handcrafted_{size}_of_{args.scene_size}.npz"  # LBP: minutes
         if cache.exists():
-            hand = dict(np.load(cache))
+            feats = dict(np.load(cache))
         else:
             small = {s: resize_uint8(d.images, size) for s, d in splits.items()}
-            hand = {s: handcrafted_features(x, progress=not args.quiet) for s, x in small.items()}
+            feats = {s: handcrafted_features(x, progress=not args.quiet) for s, x in small.items()}
             cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, **hand)
-        record(f"hand-crafted colour+LBP @ {size}px", hand)
-    goals = judge(results, args.scene_size)
+            np.savez(cache, **feats)
+        r = probe_splits(feats, splits)
+        key = f"hand-crafted colour+LBP @ {size}px"
+        hand[key] = {"oa": r.oa, "val_oa": r.val_oa, "C": r.c, "dim": feats["train"].shape[1]}
+        print(f"{key}: test OA {100 * r.oa:.1f} (val {100 * r.val_oa:.1f}, C {r.c})")
+
+    # With several seeds the goals are judged on the mean over seeds of each method's score.
+    summary = summarise_seeds({s: {k: v["oa"] for k, v in res.items()} for s, res in by_seed.items()})
+    results = {k: {"oa": v["mean"]} for k, v in summary["methods"].items()} | hand
+    goals = judge(results, args.scene_size, len(by_seed))
+    primary = probe_name(*primary_probe(args.scene_size))
+    paired = summarise_seeds(
+        {
+            s: {k.rsplit(" @ ", 1)[0]: v["oa"] for k, v in res.items() if k.endswith(primary)}
+            for s, res in by_seed.items()
+        },
+        paired=("pretrained (full)", "pretrained (image_only)"),
+    ).get("paired")
     for goal, (met, detail) in goals.items():
         print(f"goal {goal}: {'MET' if met else 'not met'} ({detail})")
+    if paired is not None and len(by_seed) > 1:
+        print(
+            f"full - image-level only @ {primary}, per seed: "
+            + ", ".join(f"{100 * d:+.1f}" for d in paired["values"])
+            + f" (mean {100 * paired['mean']:+.1f} +- {100 * paired['std']:.1f})"
+        )
 
-    print(common.table(rows, ["features", "dim", "C", "val OA", "test OA"]))
+    cols = [f"seed {s}" for s in by_seed]
+    rows = [
+        {"features": k, "dim": next(iter(by_seed.values()))[k]["dim"]}
+        | {c: f"{100 * x:.1f}" for c, x in zip(cols, v["values"])}
+        | ({"mean": f"{100 * v['mean']:.1f}", "std": f"{100 * v['std']:.1f}"} if len(cols) > 1 else {})
+        for k, v in summary["methods"].items()
+    ] + [{"features": k, "dim": v["dim"], cols[0]: f"{100 * v['oa']:.1f}"} for k, v in hand.items()]
+    print(common.table(rows, ["features", "dim", *cols, *(["mean", "std"] if len(cols) > 1 else [])]))
     print(
         "pre-training seconds (sum of step times): " + ", ".join(f"{k} {v:.0f}" for k, v in budgets.items())
     )
     plot_bars({k: v["oa"] for k, v in results.items()}, out / "linear_probe_oa.png")
-    if best:
-        plot_confusion(best["cm"], classes, out / "confusion_full.png", f"{best['key']}: OA {best['oa']:.1%}")
+    fulls = [
+        (r["oa"], k, r["confusion"])
+        for res in by_seed.values()
+        for k, r in res.items()
+        if k.startswith("pretrained (full)") and "confusion" in r  # absent from imported scores
+    ]
+    if fulls:
+        oa, key, cm = max(fulls, key=lambda t: t[0])
+        plot_confusion(np.asarray(cm), classes, out / "confusion_full.png", f"{key}: OA {oa:.1%}")
+    if len(by_seed) == 1:  # one run: its scores with their C and dim, as before seeds existed
+        results = {k: {f: x for f, x in v.items() if f != "confusion"} for k, v in by_seed[cfg.seed].items()}
+        results |= hand
     payload = {
         "machine": common.machine(),
         "split": {"fractions": list(PROBE_FRACTIONS), "sizes": {s: len(d.ids) for s, d in splits.items()}},
@@ -203,9 +286,11 @@ def main() -> None:
         "config": str(CONFIG.relative_to(REPO)),
         "local_crops": args.local_crops,
         "overrides": args.set,
-        "primary_probe": probe_name(*primary_probe(args.scene_size)),
+        "primary_probe": primary,
         "goals": {k: {"met": m, "detail": d} for k, (m, d) in goals.items()},
     }
+    if len(by_seed) > 1:
+        payload["seeds"] = summary | {"paired_full_minus_image_only": paired}
     if not args.quick:
         tag = args.tag or (f"_local{args.local_crops}" if args.local_crops else "")
         print(f"wrote {common.save(f'linear_probe{tag}.json', payload)}")

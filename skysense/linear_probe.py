@@ -132,6 +132,28 @@ def probe_splits(features: dict[str, np.ndarray], splits: dict[str, Scenes]) -> 
     return fit_probe(train, val, test, num_classes=len(splits["train"].classes))
 
 
+def summarise_seeds(runs: dict[int, dict[str, float]], paired: tuple[str, str] | None = None) -> dict:
+    """Scores of repeated runs -> mean, sample std and per-seed values of each method, by seed.
+
+    ``runs`` maps seed -> {method: OA}; only methods scored under every seed are summarised.
+    ``paired=(a, b)`` adds the per-seed differences a - b, their mean and std: the runs of one seed
+    share the split and the initialisation, so the paired difference is the fairer comparison.
+    """
+    seeds = sorted(runs)
+    methods = [m for m in runs[seeds[0]] if all(m in runs[s] for s in seeds)]
+
+    def stats(values: list[float]) -> dict:
+        v = np.asarray(values, dtype=np.float64)
+        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "values": values}
+
+    out = {"seeds": seeds, "methods": {m: stats([runs[s][m] for s in seeds]) for m in methods}}
+    if paired is not None and all(m in methods for m in paired):
+        out["paired"] = {"a": paired[0], "b": paired[1]} | stats(
+            [runs[s][paired[0]] - runs[s][paired[1]] for s in seeds]
+        )
+    return out
+
+
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> None:
     """Row-normalised confusion matrix as a PNG."""
     import matplotlib

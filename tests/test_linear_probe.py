@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from skysense.data.scenes import normalise_hr
-from skysense.linear_probe import fit_probe, handcrafted_features, hr_features, plot_bars, plot_confusion
+from skysense.linear_probe import (
+    fit_probe,
+    handcrafted_features,
+    hr_features,
+    plot_bars,
+    plot_confusion,
+    summarise_seeds,
+)
 from skysense.models.skysense import build_model
 
 
@@ -71,3 +78,22 @@ def test_plots_are_written(tmp_path):
     plot_bars({"a": 0.5, "b": 0.75}, tmp_path / "bars.png")
     plot_confusion(np.eye(3, dtype=int) * 4, ["x", "y", "z"], tmp_path / "cm.png")
     assert (tmp_path / "bars.png").stat().st_size > 1000 and (tmp_path / "cm.png").stat().st_size > 1000
+
+
+def test_summarise_seeds_by_hand():
+    runs = {
+        0: {"full": 0.60, "io": 0.58, "rnd": 0.50},
+        1: {"full": 0.64, "io": 0.66, "rnd": 0.48},
+        2: {"full": 0.62, "io": 0.59},  # rnd missing under seed 2: left out
+    }
+    s = summarise_seeds(runs, paired=("full", "io"))
+    assert s["seeds"] == [0, 1, 2] and set(s["methods"]) == {"full", "io"}
+    assert s["methods"]["full"]["mean"] == pytest.approx(0.62)
+    assert s["methods"]["full"]["std"] == pytest.approx(0.02)  # sqrt((0.02^2 + 0 + 0.02^2) / 2)
+    assert s["methods"]["io"]["values"] == [0.58, 0.66, 0.59]
+    # differences +0.02, -0.02, +0.03: mean 0.01, sample std sqrt((1 + 9 + 4) / 2) / 100
+    assert s["paired"]["values"] == pytest.approx([0.02, -0.02, 0.03])
+    assert s["paired"]["mean"] == pytest.approx(0.01)
+    assert s["paired"]["std"] == pytest.approx(np.sqrt(7.0) / 100)
+    one = summarise_seeds({3: {"full": 0.7}}, paired=("full", "io"))
+    assert one["methods"]["full"] == {"mean": 0.7, "std": 0.0, "values": [0.7]} and "paired" not in one
