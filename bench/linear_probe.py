@@ -252,18 +252,30 @@ def main() -> None:
             + f" (mean {100 * paired['mean']:+.1f} +- {100 * paired['std']:.1f})"
         )
 
-    cols = [f"seed {s}" for s in by_seed]
-    rows = [
-        {"features": k, "dim": next(iter(by_seed.values()))[k]["dim"]}
-        | {c: f"{100 * x:.1f}" for c, x in zip(cols, v["values"])}
-        | ({"mean": f"{100 * v['mean']:.1f}", "std": f"{100 * v['std']:.1f}"} if len(cols) > 1 else {})
-        for k, v in summary["methods"].items()
-    ] + [{"features": k, "dim": v["dim"], cols[0]: f"{100 * v['oa']:.1f}"} for k, v in hand.items()]
-    print(common.table(rows, ["features", "dim", *cols, *(["mean", "std"] if len(cols) > 1 else [])]))
+    if len(by_seed) == 1:
+        one = by_seed[cfg.seed] | hand
+        cols = ["dim", "C", "val OA", "test OA"]
+        rows = [
+            {"features": k, "dim": v["dim"], "C": v["C"]}
+            | {"val OA": f"{100 * v['val_oa']:.1f}", "test OA": f"{100 * v['oa']:.1f}"}
+            for k, v in one.items()
+        ]
+    else:  # test OA per seed, mean and sample std
+        first = by_seed[min(by_seed)]
+        cols = ["dim", *(f"seed {s}" for s in by_seed), "mean", "std"]
+        rows = [
+            {"features": k, "dim": first[k]["dim"]}
+            | {f"seed {s}": f"{100 * x:.1f}" for s, x in zip(by_seed, v["values"])}
+            | {"mean": f"{100 * v['mean']:.1f}", "std": f"{100 * v['std']:.1f}"}
+            for k, v in summary["methods"].items()
+        ] + [{"features": k, "dim": v["dim"], "mean": f"{100 * v['oa']:.1f}"} for k, v in hand.items()]
+    print(common.table(rows, ["features", *cols]))
     print(
         "pre-training seconds (sum of step times): " + ", ".join(f"{k} {v:.0f}" for k, v in budgets.items())
     )
-    plot_bars({k: v["oa"] for k, v in results.items()}, out / "linear_probe_oa.png")
+    std = {k: v["std"] for k, v in summary["methods"].items()} if len(by_seed) > 1 else None
+    title = f"linear probe, test OA, mean +- std of {len(by_seed)} seeds" if std else "linear probe, test OA"
+    plot_bars({k: v["oa"] for k, v in results.items()}, out / "linear_probe_oa.png", title, std)
     fulls = [
         (r["oa"], k, r["confusion"])
         for res in by_seed.values()

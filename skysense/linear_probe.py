@@ -175,8 +175,14 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path, tit
     plt.close(fig)
 
 
-def plot_bars(results: dict[str, float], path: str | Path, title: str = "linear probe, test OA") -> None:
-    """One bar per method (OA in [0, 1]) as a PNG."""
+def plot_bars(
+    results: dict[str, float],
+    path: str | Path,
+    title: str = "linear probe, test OA",
+    errors: dict[str, float] | None = None,
+) -> None:
+    """One bar per method (OA in [0, 1]) as a PNG; ``errors`` (same scale) draws +- whiskers, e.g. the
+    std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,7 +191,8 @@ def plot_bars(results: dict[str, float], path: str | Path, title: str = "linear 
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.5 * len(results)))
     names = list(results)
     vals = [100 * results[n] for n in names]
-    ax.barh(names, vals, color="tab:blue")
+    err = [100 * (errors or {}).get(n, 0.0) for n in names] if errors else None
+    ax.barh(names, vals, xerr=err, color="tab:blue", capsize=3)
     for y, v in enumerate(vals):
         ax.text(v + 0.5, y, f"{v:.1f}", va="center")
     ax.set_xlim(0, 100)

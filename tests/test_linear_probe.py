@@ -76,8 +76,10 @@ def test_handcrafted_histograms_by_hand():
 
 def test_plots_are_written(tmp_path):
     plot_bars({"a": 0.5, "b": 0.75}, tmp_path / "bars.png")
+    plot_bars({"a": 0.5, "b": 0.75}, tmp_path / "err.png", errors={"a": 0.02})  # "b" has no whisker
     plot_confusion(np.eye(3, dtype=int) * 4, ["x", "y", "z"], tmp_path / "cm.png")
     assert (tmp_path / "bars.png").stat().st_size > 1000 and (tmp_path / "cm.png").stat().st_size > 1000
+    assert (tmp_path / "err.png").read_bytes() != (tmp_path / "bars.png").read_bytes()
 
 
 def test_summarise_seeds_by_hand():
