@@ -274,7 +274,7 @@ def main() -> None:
         "pre-training seconds (sum of step times): " + ", ".join(f"{k} {v:.0f}" for k, v in budgets.items())
     )
     std = {k: v["std"] for k, v in summary["methods"].items()} if len(by_seed) > 1 else None
-    title = f"linear probe, test OA, mean +- std of {len(by_seed)} seeds" if std else "linear probe, test OA"
+    title = f"test OA, mean ± std of {len(by_seed)} seeds" if std else "linear probe, test OA"
     plot_bars({k: v["oa"] for k, v in results.items()}, out / "linear_probe_oa.png", title, std)
     fulls = [
         (r["oa"], k, r["confusion"])

@@ -191,13 +191,13 @@ def plot_bars(
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.5 * len(results)))
     names = list(results)
     vals = [100 * results[n] for n in names]
-    err = [100 * (errors or {}).get(n, 0.0) for n in names] if errors else None
-    ax.barh(names, vals, xerr=err, color="tab:blue", capsize=3)
-    for y, v in enumerate(vals):
-        ax.text(v + 0.5, y, f"{v:.1f}", va="center")
+    err = [100 * (errors or {}).get(n, 0.0) for n in names]
+    ax.barh(names, vals, xerr=err if errors else None, color="tab:blue", capsize=3)
+    for y, (v, e) in enumerate(zip(vals, err)):
+        ax.text(v + e + 0.8, y, f"{v:.1f}" + (f" ± {e:.1f}" if e else ""), va="center", fontsize=8)
     ax.set_xlim(0, 100)
     ax.set_xlabel("overall accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
