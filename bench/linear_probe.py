@@ -1,6 +1,6 @@
 """Does pre-training learn? Linear probes on AID of the hr encoder: pre-trained vs random vs ablation.
 
-    python bench/linear_probe.py --steps 3500 --local-crops 4  # the best recorded run (~70 min, 2 threads)
+    python bench/linear_probe.py --steps 3500 --local-crops 4  # the recorded recipe, one seed (~70 min)
     python bench/linear_probe.py --steps 3500 --local-crops 4 --seeds 0,1,2  # mean +- std of 3 seeds
     python bench/linear_probe.py --steps 100 --quick # a smoke run
 
