@@ -17,8 +17,9 @@
    the hand-crafted colour + LBP descriptor at 128 and 256 px (the best of the two is the bar).
 3. With ``--seeds``, repeat 1-2 per seed (pre-training and random init) in ``--out/seed{N}`` and judge
    the goals on the means over seeds; the full - image-only difference is also given per seed
-   (paired: same seed, same split). Probe scores are kept in each run's ``probes.json``, so adding a
-   seed re-runs only what is new.
+   (paired: same seed, same split). Probe scores are kept in each run's ``probes.json``, keyed by the
+   checkpoint's hash, so adding a seed re-runs only what is new (delete the file after changing the
+   probes themselves).
 4. Print a table and the goals; write ``bench/results/linear_probe{--tag}.json`` and, in the output
    folder, bar and confusion-matrix PNGs.
 """
@@ -124,6 +125,10 @@ def pretrain(name: str, args: argparse.Namespace, out: Path, seed: int | None) -
     return cfg, done, sum(float(r["time"]) for r in rows)
 
 
+def file_digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+
+
 def probe_encoder(
     label: str, encoder: Callable[[], Any], splits: dict[str, Any], scene_size: int, folder: Path, stamp: str
 ) -> dict[str, dict[str, Any]]:
@@ -198,7 +203,8 @@ def main() -> None:
             if seconds > BUDGET_S:
                 print(f"warning: {name} used {seconds:.0f} s of steps, over the {BUDGET_S:.0f}-s budget")
             ckpt = base / name / CKPT
-            jobs.append((f"pretrained ({name})", partial(load_encoder, ckpt), base / name, f"step {step}"))
+            stamp = f"step {step}, checkpoint {file_digest(ckpt)}"  # a re-trained run is probed afresh
+            jobs.append((f"pretrained ({name})", partial(load_encoder, ckpt), base / name, stamp))
         assert cfg is not None
         mcfg = model_config(cfg)
         digest = hashlib.sha1(repr(mcfg).encode()).hexdigest()[:12]

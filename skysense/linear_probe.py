@@ -133,7 +133,7 @@ def probe_splits(features: dict[str, np.ndarray], splits: dict[str, Scenes]) -> 
 
 
 def summarise_seeds(runs: dict[int, dict[str, float]], paired: tuple[str, str] | None = None) -> dict:
-    """Scores of repeated runs -> mean, sample std and per-seed values of each method, by seed.
+    """Scores of repeated runs -> mean, sample std and per-seed values of each method.
 
     ``runs`` maps seed -> {method: OA}; only methods scored under every seed are summarised.
     ``paired=(a, b)`` adds the per-seed differences a - b, their mean and std: the runs of one seed
