@@ -125,8 +125,26 @@ def pretrain(name: str, args: argparse.Namespace, out: Path, seed: int | None) -
     return cfg, done, sum(float(r["time"]) for r in rows)
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+def digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()[:12]
+
+
+def score(key: str, feats: dict[str, np.ndarray], splits: dict[str, Any]) -> dict[str, Any]:
+    """Probe per-split features (``probe_splits``), print the score and return it as JSON-ready data."""
+    r = probe_splits(feats, splits)
+    out = {"oa": r.oa, "val_oa": r.val_oa, "C": r.c, "dim": feats["train"].shape[1]}
+    out["confusion"] = r.confusion.tolist()
+    report(key, out)
+    return out
+
+
+def report(key: str, r: dict[str, Any]) -> None:
+    print(f"{key}: test OA {100 * r['oa']:.1f} (val {100 * r['val_oa']:.1f}, C {r['C']})", flush=True)
+
+
+def public(r: dict[str, Any]) -> dict[str, Any]:
+    """A score without its confusion matrix, as the JSON in bench/results holds it."""
+    return {f: x for f, x in r.items() if f != "confusion"}
 
 
 def probe_encoder(
@@ -143,21 +161,16 @@ def probe_encoder(
         if size > scene_size:
             continue
         probe = probe_name(size, stages, pool)
-        if probe not in mine:
-            enc = enc or encoder()
-            feats = {s: hr_features(enc, d.images, size, stages=stages, pool=pool) for s, d in splits.items()}
-            r = probe_splits(feats, splits)
-            mine[probe] = {"oa": r.oa, "val_oa": r.val_oa, "C": r.c, "dim": feats["train"].shape[1]}
-            mine[probe]["confusion"] = r.confusion.tolist()
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            tmp.replace(path)
-        r = mine[probe]
-        print(
-            f"{label} @ {probe}: test OA {100 * r['oa']:.1f} (val {100 * r['val_oa']:.1f}, C {r['C']})",
-            flush=True,
-        )
+        if probe in mine:
+            report(f"{label} @ {probe}", mine[probe])
+            continue
+        enc = enc or encoder()
+        feats = {s: hr_features(enc, d.images, size, stages=stages, pool=pool) for s, d in splits.items()}
+        mine[probe] = score(f"{label} @ {probe}", feats, splits)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(path)
     return mine
 
 
@@ -203,17 +216,17 @@ def main() -> None:
             if seconds > BUDGET_S:
                 print(f"warning: {name} used {seconds:.0f} s of steps, over the {BUDGET_S:.0f}-s budget")
             ckpt = base / name / CKPT
-            stamp = f"step {step}, checkpoint {file_digest(ckpt)}"  # a re-trained run is probed afresh
+            stamp = f"step {step}, checkpoint {digest(ckpt.read_bytes())}"  # re-trained: probed afresh
             jobs.append((f"pretrained ({name})", partial(load_encoder, ckpt), base / name, stamp))
         assert cfg is not None
         mcfg = model_config(cfg)
-        digest = hashlib.sha1(repr(mcfg).encode()).hexdigest()[:12]
+        stamp = f"seed {cfg.seed}, model {digest(repr(mcfg).encode())}"
 
         def random_init(mcfg: Any = mcfg, seed: int = cfg.seed) -> Any:
             torch.manual_seed(seed)  # the trainer's initialisation
             return build_model(mcfg).eval()
 
-        jobs.append(("random init", random_init, base / "random_init", f"seed {cfg.seed}, model {digest}"))
+        jobs.append(("random init", random_init, base / "random_init", stamp))
         by_seed[cfg.seed] = {
             f"{label} @ {probe}": r
             for label, build, folder, stamp in jobs
@@ -232,23 +245,20 @@ def main() -> None:
             feats = {s: handcrafted_features(x, progress=not args.quiet) for s, x in small.items()}
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, **feats)
-        r = probe_splits(feats, splits)
         key = f"hand-crafted colour+LBP @ {size}px"
-        hand[key] = {"oa": r.oa, "val_oa": r.val_oa, "C": r.c, "dim": feats["train"].shape[1]}
-        print(f"{key}: test OA {100 * r.oa:.1f} (val {100 * r.val_oa:.1f}, C {r.c})")
+        hand[key] = score(key, feats, splits)
 
     # With several seeds the goals are judged on the mean over seeds of each method's score.
-    summary = summarise_seeds({s: {k: v["oa"] for k, v in res.items()} for s, res in by_seed.items()})
-    results = {k: {"oa": v["mean"]} for k, v in summary["methods"].items()} | hand
-    goals = judge(results, args.scene_size, len(by_seed))
     primary = probe_name(*primary_probe(args.scene_size))
-    paired = summarise_seeds(
-        {
-            s: {k.rsplit(" @ ", 1)[0]: v["oa"] for k, v in res.items() if k.endswith(primary)}
-            for s, res in by_seed.items()
-        },
-        paired=("pretrained (full)", "pretrained (image_only)"),
-    ).get("paired")
+    summary = summarise_seeds(
+        {s: {k: v["oa"] for k, v in res.items()} for s, res in by_seed.items()},
+        paired=(f"pretrained (full) @ {primary}", f"pretrained (image_only) @ {primary}"),
+    )
+    paired = summary.get("paired")
+    results = {k: {"oa": v["mean"]} for k, v in summary["methods"].items()} | {
+        k: public(v) for k, v in hand.items()
+    }
+    goals = judge(results, args.scene_size, len(by_seed))
     for goal, (met, detail) in goals.items():
         print(f"goal {goal}: {'MET' if met else 'not met'} ({detail})")
     if paired is not None and len(by_seed) > 1:
@@ -286,14 +296,13 @@ def main() -> None:
         (r["oa"], k, r["confusion"])
         for res in by_seed.values()
         for k, r in res.items()
-        if k.startswith("pretrained (full)") and "confusion" in r  # absent from imported scores
+        if k.startswith("pretrained (full)") and "confusion" in r  # older probes.json files lack it
     ]
     if fulls:
         oa, key, cm = max(fulls, key=lambda t: t[0])
         plot_confusion(np.asarray(cm), classes, out / "confusion_full.png", f"{key}: OA {oa:.1%}")
     if len(by_seed) == 1:  # one run: its scores with their C and dim, as before seeds existed
-        results = {k: {f: x for f, x in v.items() if f != "confusion"} for k, v in by_seed[cfg.seed].items()}
-        results |= hand
+        results = {k: public(v) for k, v in (by_seed[cfg.seed] | hand).items()}
     payload = {
         "machine": common.machine(),
         "split": {"fractions": list(PROBE_FRACTIONS), "sizes": {s: len(d.ids) for s, d in splits.items()}},
@@ -308,7 +317,8 @@ def main() -> None:
         "goals": {k: {"met": m, "detail": d} for k, (m, d) in goals.items()},
     }
     if len(by_seed) > 1:
-        payload["seeds"] = summary | {"paired_full_minus_image_only": paired}
+        payload["seeds"] = {"seeds": summary["seeds"], "methods": summary["methods"]}
+        payload["seeds"]["paired_full_minus_image_only"] = paired
     if not args.quick:
         tag = args.tag or (f"_local{args.local_crops}" if args.local_crops else "")
         print(f"wrote {common.save(f'linear_probe{tag}.json', payload)}")
