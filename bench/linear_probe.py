@@ -220,9 +220,10 @@ def main() -> None:
             jobs.append((f"pretrained ({name})", partial(load_encoder, ckpt), base / name, stamp))
         assert cfg is not None
         mcfg = model_config(cfg)
-        stamp = f"seed {cfg.seed}, model {digest(repr(mcfg).encode())}"
+        init = cfg.seed if cfg.init_seed is None else cfg.init_seed
+        stamp = f"seed {init}, model {digest(repr(mcfg).encode())}"
 
-        def random_init(mcfg: Any = mcfg, seed: int = cfg.seed) -> Any:
+        def random_init(mcfg: Any = mcfg, seed: int = init) -> Any:
             torch.manual_seed(seed)  # the trainer's initialisation
             return build_model(mcfg).eval()
 

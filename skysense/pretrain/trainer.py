@@ -106,6 +106,7 @@ class TrainConfig:
     teacher_temp_start: float = 0.04  # linear warm-up to pretrain.loss.teacher_temp (DINO) ...
     teacher_temp_warmup_steps: int = 0  # ... over these steps (0 = constant)
     seed: int = 0
+    init_seed: int | None = None  # seed of the initial weights alone (None = seed): separates init from data
     out_dir: str = "runs/pretrain"
     log_every: int = 1  # progress-bar postfix and TensorBoard; metrics.csv gets every step
     ckpt_every: int = 10
@@ -595,7 +596,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)  # same weights on every rank
     model = build_model(model_config(cfg), grad_checkpointing=cfg.grad_checkpointing)
     student, teacher, centers = build_pretrain(model, cfg.pretrain)
     for module in (student, teacher, centers):

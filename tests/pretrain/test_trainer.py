@@ -96,6 +96,20 @@ def test_data_order_is_a_function_of_seed_and_epoch():
     assert sorted(ranks[0] + ranks[1]) == sorted(batch_indices(1, 5, 4, 3))
 
 
+def test_init_seed_sets_the_weights_alone(tmp_path):
+    heads = HeadConfig(hidden_dim=32, bottleneck_dim=16, out_dim=32)
+    still = PretrainConfig(heads=heads, loss=LossConfig(num_clusters=2, gcpl=False))  # GCPL moves prototypes
+
+    def weights(name, **kw):  # lr 0: the checkpoint holds the initial weights
+        train(tiny_cfg(tmp_path / name, steps=1, lr=0.0, min_lr=0.0, pretrain=still, **kw))
+        return load_checkpoint(tmp_path / name / "last.ckpt")["student"]
+
+    a, b, c = weights("a", seed=2, init_seed=0), weights("b", seed=0), weights("c", seed=2)
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the weights of seed 0 ...
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # ... not those of the run's own seed
+
+
 def test_resume_is_bit_exact_and_outputs(tmp_path):
     full = train(tiny_cfg(tmp_path / "full"))
     part = train(tiny_cfg(tmp_path / "cut", stop_after=2))
