@@ -220,10 +220,9 @@ def main() -> None:
             jobs.append((f"pretrained ({name})", partial(load_encoder, ckpt), base / name, stamp))
         assert cfg is not None
         mcfg = model_config(cfg)
-        init = cfg.seed if cfg.init_seed is None else cfg.init_seed
-        stamp = f"seed {init}, model {digest(repr(mcfg).encode())}"
+        stamp = f"seed {cfg.weights_seed}, model {digest(repr(mcfg).encode())}"
 
-        def random_init(mcfg: Any = mcfg, seed: int = init) -> Any:
+        def random_init(mcfg: Any = mcfg, seed: int = cfg.weights_seed) -> Any:
             torch.manual_seed(seed)  # the trainer's initialisation
             return build_model(mcfg).eval()
 

@@ -115,6 +115,11 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
+    @property
+    def weights_seed(self) -> int:
+        """The seed of the initial weights: ``init_seed``, else ``seed``."""
+        return self.seed if self.init_seed is None else self.init_seed
+
 
 # ----------------------------------------------------------------------------- config from dicts
 
@@ -596,7 +601,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
-    torch.manual_seed(cfg.seed if cfg.init_seed is None else cfg.init_seed)  # same weights on every rank
+    torch.manual_seed(cfg.weights_seed)  # same initial weights on every rank
     model = build_model(model_config(cfg), grad_checkpointing=cfg.grad_checkpointing)
     student, teacher, centers = build_pretrain(model, cfg.pretrain)
     for module in (student, teacher, centers):
