@@ -317,8 +317,11 @@ def main() -> None:
         "goals": {k: {"met": m, "detail": d} for k, (m, d) in goals.items()},
     }
     if len(by_seed) > 1:
-        payload["seeds"] = {"seeds": summary["seeds"], "methods": summary["methods"]}
-        payload["seeds"]["paired_full_minus_image_only"] = paired
+        payload["seeds"] = {
+            "seeds": summary["seeds"],
+            "methods": summary["methods"],
+            "paired_full_minus_image_only": paired,
+        }
     if not args.quick:
         tag = args.tag or (f"_local{args.local_crops}" if args.local_crops else "")
         print(f"wrote {common.save(f'linear_probe{tag}.json', payload)}")
