@@ -107,9 +107,12 @@ class TrainConfig:
     teacher_temp_warmup_steps: int = 0  # ... over these steps (0 = constant)
     seed: int = 0
     init_seed: int | None = None  # seed of the initial weights alone (None = seed): separates init from data
+    init_from: str = (
+        ""  # a checkpoint whose student weights start a NEW run (see load_init); "" = random init
+    )
     out_dir: str = "runs/pretrain"
     log_every: int = 1  # progress-bar postfix and TensorBoard; metrics.csv gets every step
-    ckpt_every: int = 10
+    ckpt_every: int = 10  # steps between checkpoints (and one at the end); 0 = none (benchmarks)
     stop_after: int = 0  # stop (checkpointed) after this many steps, as if killed; 0 = run to the end
     progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
@@ -371,6 +374,38 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_init(path: str | Path, student: Student, teacher: Student) -> None:
+    """Start from the ``student`` weights of a checkpoint (a run's ``last.ckpt``, or any
+    ``torch.save`` of ``{"student": state_dict}``); the teacher starts as their copy. Unlike resume,
+    step, optimiser, centres and random states start afresh: a new run (new data, schedule, seed)."""
+    try:
+        ck = load_checkpoint(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"init_from={str(path)!r}: no such file") from None
+    except Exception as e:  # a corrupt file or a pickle that weights_only refuses
+        raise ValueError(f"init_from={str(path)!r} is not a readable checkpoint: {e}") from None
+    if not isinstance(ck, dict) or "student" not in ck:
+        raise ValueError(
+            f"init_from={str(path)!r}: expected a trainer checkpoint with a 'student' state dict"
+        )
+    own = student.state_dict()
+    theirs = ck["student"]
+    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+    shapes = [
+        f"{k}: {tuple(theirs[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in theirs and theirs[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"init_from={str(path)!r} was written for another model or heads config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, shapes {shapes[:3]}): "
+            "use the same preset, model overrides and pretrain.heads as that run"
+        )
+    student.load_state_dict(theirs)
+    teacher.load_state_dict(theirs)
+
+
 def rng_state(gen: torch.Generator) -> dict[str, Any]:
     """Every random state of this process as plain tensors and containers."""
     version, mt, gauss = random.getstate()
@@ -604,6 +639,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     torch.manual_seed(cfg.weights_seed)  # same initial weights on every rank
     model = build_model(model_config(cfg), grad_checkpointing=cfg.grad_checkpointing)
     student, teacher, centers = build_pretrain(model, cfg.pretrain)
+    if cfg.init_from and not (resume and (out_dir / CKPT).exists()):
+        load_init(cfg.init_from, student, teacher)
     for module in (student, teacher, centers):
         module.to(device)
     fsdp = world > 1 and cfg.strategy == "fsdp"
@@ -724,7 +761,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                             writer_tb.add_scalar(k, v, step + 1)
             bar.update(1)
         done = step + 1
-        if done % cfg.ckpt_every == 0 or done == stop:
+        if cfg.ckpt_every and (done % cfg.ckpt_every == 0 or done == stop):
             _checkpoint(ckpt_path, cfg, done, student, teacher, centers, opt, gen, rank, world, fsdp)
         step = done
     bar.close()

@@ -109,6 +109,29 @@ def test_init_seed_sets_the_weights_alone(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)  # ... not those of the run's own seed
 
 
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path):
+    def run(name, **kw):  # lr 0: the checkpoint holds the initial weights
+        cfg = tiny_cfg(tmp_path / name, steps=1, lr=0.0, min_lr=0.0, **kw)
+        cfg.pretrain.loss.gcpl = False  # GCPL moves the prototypes whatever the lr
+        train(cfg)
+        return load_checkpoint(tmp_path / name / "last.ckpt")
+
+    src = run("src", seed=0)
+    new = run("new", seed=2, init_from=str(tmp_path / "src" / "last.ckpt"))
+    own = run("own", seed=2)
+    assert all(torch.equal(new["student"][k], src["student"][k]) for k in src["student"])
+    # the teacher starts as their copy (one EMA step of equal weights: equal up to rounding)
+    assert all(torch.allclose(new["teacher"][k], src["student"][k], atol=1e-6) for k in src["student"])
+    assert not all(torch.equal(own["student"][k], src["student"][k]) for k in src["student"])
+
+    other = tiny_cfg(tmp_path / "other", steps=1, init_from=str(tmp_path / "src" / "last.ckpt"))
+    other.pretrain.heads.out_dim = 96
+    with pytest.raises(ValueError, match="another model or heads config"):
+        train(other)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        train(tiny_cfg(tmp_path / "none", steps=1, init_from=str(tmp_path / "missing.ckpt")))
+
+
 def test_resume_is_bit_exact_and_outputs(tmp_path):
     full = train(tiny_cfg(tmp_path / "full"))
     part = train(tiny_cfg(tmp_path / "cut", stop_after=2))
@@ -251,13 +274,19 @@ os._exit(0)
 """
 
 
+def subprocess_env() -> dict[str, str]:
+    """Environment of a child Python: one thread, the repository first on a caller's PYTHONPATH."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+
+
 def _torchrun(script_text: str, tmp_path: Path, timeout: int = 180) -> None:
     """Run a script under torchrun with 2 CPU ranks (gloo); fail with its stderr."""
     script = tmp_path / "dist.py"
     script.write_text(
         textwrap.dedent(script_text.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = subprocess_env()
     with socket.socket() as sock:  # a free port (port 0 leaves rank 1 waiting)
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
@@ -379,7 +408,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     config.write_text(yaml.safe_dump(plain(dataclasses.asdict(cfg))))
     full = train(dataclasses.replace(cfg, out_dir=str(tmp_path / "full")))
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = subprocess_env()
     cmd = [
         sys.executable,
         "-c",

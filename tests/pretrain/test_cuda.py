@@ -1,0 +1,98 @@
+"""The pre-training step on a CUDA device: the CPU's numbers in fp32, close ones under bf16 autocast.
+
+Skipped without a GPU (CI has none); the trainer's own tests (test_trainer.py) run on the GPU by
+themselves where one is present, since the loop picks CUDA when it is available.
+"""
+
+import contextlib
+import copy
+
+import pytest
+import torch
+
+from skysense.models.skysense import build_model
+from skysense.pretrain.step import build_pretrain, pretrain_step
+
+from .test_step import make_batch, make_cfg
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """fp32 matmuls and convolutions in true fp32 (TF32 would round inputs to 10 mantissa bits)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def step_on(device: str, bf16: bool = False, checkpointing: bool = False, **loss):
+    """Losses and gradients of one step of the tiny model, same weights, batch and views on any device."""
+    torch.manual_seed(0)
+    cfg = make_cfg(**loss)
+    model = build_model("tiny")
+    model.set_grad_checkpointing(checkpointing)
+    student, teacher, centers = (m.to(device) for m in build_pretrain(model, cfg))
+    student.eval()  # no drop-path: CPU and CUDA random streams differ
+    batch = {k: v.to(device) for k, v in make_batch().items()}
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        out = pretrain_step(student, teacher, centers, batch, cfg, torch.Generator().manual_seed(1)).losses
+    out["loss"].backward()
+    losses = {k: float(v.detach()) for k, v in out.items()}
+    grads = {n: p.grad.detach().cpu().double() for n, p in student.named_parameters() if p.grad is not None}
+    return losses, grads
+
+
+def close(a: dict, b: dict, rtol: float) -> list[str]:
+    """Names whose values (or gradients) differ by more than rtol of their own size."""
+    bad = [k for k in a if k not in b]
+    for k in a.keys() & b.keys():
+        x, y = torch.as_tensor(a[k], dtype=torch.float64), torch.as_tensor(b[k], dtype=torch.float64)
+        if (x - y).norm() > rtol * y.norm() + 1e-8:
+            bad.append(k)
+    return sorted(bad)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_fp32_step_on_cuda_matches_the_cpu(checkpointing):
+    with no_tf32():
+        cpu_losses, cpu_grads = step_on("cpu")
+        gpu_losses, gpu_grads = step_on("cuda", checkpointing=checkpointing)
+    assert gpu_grads.keys() == cpu_grads.keys()
+    assert close(gpu_losses, cpu_losses, 1e-4) == []
+    assert close(gpu_grads, cpu_grads, 1e-3) == []
+
+
+def test_bf16_autocast_on_cuda_stays_near_fp32():
+    with no_tf32():
+        ref_losses, ref_grads = step_on("cuda")
+    losses, grads = step_on("cuda", bf16=True)
+    assert grads.keys() == ref_grads.keys()  # the same parameters learn
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert close(losses, ref_losses, 0.05) == []
+    # bf16 keeps ~3 significant digits: the whole gradient within 10 %, not every tiny tensor
+    flat = torch.cat([grads[k].flatten() for k in sorted(grads)])
+    ref = torch.cat([ref_grads[k].flatten() for k in sorted(ref_grads)])
+    assert (flat - ref).norm() <= 0.1 * ref.norm()
+
+
+def test_cuda_step_is_deterministic_under_a_seed():
+    a = step_on("cuda")
+    b = step_on("cuda")
+    assert close(a[0], b[0], 1e-6) == [] and close(a[1], b[1], 1e-5) == []
+
+
+def test_step_module_copies_stay_on_their_device():
+    """Centres and teacher never leave the GPU (a CPU tensor created inside the step would raise)."""
+    torch.manual_seed(0)
+    cfg = make_cfg()
+    student, teacher, centers = (m.to("cuda") for m in build_pretrain(build_model("tiny"), cfg))
+    before = copy.deepcopy(centers.state_dict())
+    batch = {k: v.to("cuda") for k, v in make_batch().items()}
+    pretrain_step(student, teacher, centers, batch, cfg, torch.Generator().manual_seed(1))
+    after = centers.state_dict()
+    assert all(v.is_cuda for v in after.values())
+    assert any(not torch.equal(after[k], before[k]) for k in after)  # the centres moved
