@@ -8,6 +8,11 @@ Conventions:
   (the last step normalises rows); columns converge with ``n_iters``.
 - ``L_CL`` (DINO): ``-sum_k softmax((t - c) / tau_t)_k log softmax(s / tau_s)_k``, teacher side detached,
   averaged over the pairs. The centre c is updated by :func:`update_center_`, separately.
+  ``centering="sinkhorn"`` (DINOv2's Sinkhorn-Knopp centring, not in the paper) replaces the centred
+  softmax by ``sinkhorn_knopp(t, sinkhorn_iters, eps=tau_t)`` over the pairs of that call: targets use
+  every prototype equally within the batch whatever the initial prototypes are. It balances each rank's
+  pairs (DINOv2 all-reduces the column sums over ranks; we do not). The centres still move and feed
+  the collapse monitors.
 - Every MGCL term is symmetric: student(u) vs teacher(v) and student(v) vs teacher(u), averaged.
   Date t of view u pairs with date t of view v (same acquisition when the views share dates); pairs
   where either date is padding are dropped. Means run over all kept pairs of the batch, which is
@@ -51,6 +56,7 @@ class LossConfig:
     student_temp: float = 0.1
     teacher_temp: float = 0.04  # DINO warms it up to 0.07; a trainer may schedule it
     center_momentum: float = 0.9
+    centering: str = "ema"  # teacher targets: "ema" (DINO centre) or "sinkhorn" (DINOv2 Sinkhorn-Knopp)
     num_clusters: int = 8  # N_C
     cluster_iters: int = 3  # Sinkhorn k-means rounds
     obj_min_mass: float = 0.5  # pixels a cluster needs in each view
@@ -78,11 +84,28 @@ def sinkhorn_knopp(scores: Tensor, n_iters: int = 3, eps: float = 0.05) -> Tenso
 
 
 def dino_ce(
-    student: Tensor, teacher: Tensor, center: Tensor, student_temp: float, teacher_temp: float
+    student: Tensor,
+    teacher: Tensor,
+    center: Tensor,
+    student_temp: float,
+    teacher_temp: float,
+    sinkhorn_iters: int = 0,
 ) -> Tensor:
-    """L_CL: student (n, K), teacher (n, K) logits, center (K,) or (1, K) -> mean cross-entropy."""
-    target = F.softmax((teacher.detach() - center) / teacher_temp, dim=-1)
+    """L_CL: student (n, K), teacher (n, K) logits, center (K,) or (1, K) -> mean cross-entropy.
+    ``sinkhorn_iters`` > 0: Sinkhorn-Knopp targets instead of the centred softmax (module doc)."""
+    if sinkhorn_iters > 0:
+        target = sinkhorn_knopp(teacher.detach(), sinkhorn_iters, teacher_temp)
+    else:
+        target = F.softmax((teacher.detach() - center) / teacher_temp, dim=-1)
     return -(target * F.log_softmax(student / student_temp, dim=-1)).sum(-1).mean()
+
+
+def contrast(student: Tensor, teacher: Tensor, center: Tensor, cfg: LossConfig) -> Tensor:
+    """:func:`dino_ce` with the temperatures and the centring of ``cfg``."""
+    if cfg.centering not in ("ema", "sinkhorn"):
+        raise ValueError(f"pretrain.loss.centering={cfg.centering!r}: use 'ema' or 'sinkhorn'")
+    iters = cfg.sinkhorn_iters if cfg.centering == "sinkhorn" else 0
+    return dino_ce(student, teacher, center, cfg.student_temp, cfg.teacher_temp, iters)
 
 
 @torch.no_grad()
@@ -126,7 +149,7 @@ def pixel_loss(
         pick = torch.randperm(s_k.shape[0], device=s_k.device)[: cfg.max_pixels]
         s_k, t_k = s_k[pick], t_k[pick]
     lt = head_t(t_k)
-    return dino_ce(head_s(s_k), lt, center, cfg.student_temp, cfg.teacher_temp), lt
+    return contrast(head_s(s_k), lt, center, cfg), lt
 
 
 @torch.no_grad()
@@ -163,7 +186,7 @@ def object_loss(
     if not keep.any():
         return _zero(s), s.new_zeros(0)
     lt = head_t(c_t[keep])
-    return dino_ce(head_s(c_s[keep]), lt, center, cfg.student_temp, cfg.teacher_temp), lt
+    return contrast(head_s(c_s[keep]), lt, center, cfg), lt
 
 
 def image_loss(
@@ -173,7 +196,7 @@ def image_loss(
     if s.shape[0] == 0:
         return _zero(s), s.new_zeros(0)
     lt = head_t(t.mean(1))
-    return dino_ce(head_s(s.mean(1)), lt, center, cfg.student_temp, cfg.teacher_temp), lt
+    return contrast(head_s(s.mean(1)), lt, center, cfg), lt
 
 
 def fgcl(

@@ -107,9 +107,7 @@ class TrainConfig:
     teacher_temp_warmup_steps: int = 0  # ... over these steps (0 = constant)
     seed: int = 0
     init_seed: int | None = None  # seed of the initial weights alone (None = seed): separates init from data
-    init_from: str = (
-        ""  # a checkpoint whose student weights start a NEW run (see load_init); "" = random init
-    )
+    init_from: str = ""  # a checkpoint whose student weights start a NEW run (load_init); "" = none
     out_dir: str = "runs/pretrain"
     log_every: int = 1  # progress-bar postfix and TensorBoard; metrics.csv gets every step
     ckpt_every: int = 10  # steps between checkpoints (and one at the end); 0 = none (benchmarks)

@@ -68,6 +68,38 @@ def test_dino_ce_two_classes_by_hand():
     assert t.grad is None and s.grad is not None
 
 
+def test_sinkhorn_centering_by_a_second_formulation():
+    """DINOv2 targets: exp(t / tau_t), then columns to n / K and rows to 1 in turn, in the probability
+    domain and float64 (ours iterate in the log domain); the centre plays no part."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 4, generator=g, dtype=D64), torch.randn(6, 4, generator=g, dtype=D64)
+    t[:, 0] += 2.0  # every pair prefers prototype 0
+    q = torch.exp(t / 0.25)
+    for _ in range(3):
+        q = q / q.sum(0, keepdim=True) * (6 / 4)
+        q = q / q.sum(1, keepdim=True)
+    want = -(q * torch.log_softmax(s / 0.5, dim=-1)).sum(-1).mean()
+    centre = torch.randn(1, 4, generator=g, dtype=D64)
+    torch.testing.assert_close(dino_ce(s, t, centre, 0.5, 0.25, sinkhorn_iters=3), want)
+    # the softmax targets pile onto prototype 0; the Sinkhorn ones nearly balance the prototypes
+    soft = torch.softmax(t / 0.25, dim=-1).sum(0)
+    assert soft[0] > 5.0 and (q.sum(0) - 1.5).abs().max() < 0.2
+
+
+def test_centering_switch_reaches_every_granularity():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(5, 3, 8, generator=g, dtype=D64), torch.randn(5, 3, 8, generator=g, dtype=D64)
+    zero = torch.zeros(1, 8, dtype=D64)
+    cfg = LossConfig(centering="sinkhorn", student_temp=0.5, teacher_temp=0.25)
+    loss, _ = image_loss(s, t, ident, ident, zero, cfg)
+    torch.testing.assert_close(loss, dino_ce(s.mean(1), t.mean(1), zero, 0.5, 0.25, sinkhorn_iters=3))
+    assert not torch.allclose(
+        loss, image_loss(s, t, ident, ident, zero, LossConfig(student_temp=0.5, teacher_temp=0.25))[0]
+    )
+    with pytest.raises(ValueError, match="centering"):
+        image_loss(s, t, ident, ident, zero, LossConfig(centering="mean"))
+
+
 def test_center_ema():
     c = torch.zeros(1, 2, dtype=D64)
     update_center_(c, torch.tensor([[1.0, 3.0], [3.0, 5.0]], dtype=D64), momentum=0.9)
