@@ -85,8 +85,8 @@ def test_cuda_step_is_deterministic_under_a_seed():
     assert close(a[0], b[0], 1e-6) == [] and close(a[1], b[1], 1e-5) == []
 
 
-def test_step_module_copies_stay_on_their_device():
-    """Centres and teacher never leave the GPU (a CPU tensor created inside the step would raise)."""
+def test_centres_move_and_stay_on_the_gpu():
+    """The teacher centres are updated in place on the device (a CPU tensor inside the step would raise)."""
     torch.manual_seed(0)
     cfg = make_cfg()
     student, teacher, centers = (m.to("cuda") for m in build_pretrain(build_model("tiny"), cfg))
