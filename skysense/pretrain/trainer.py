@@ -10,6 +10,8 @@ Resume is exact: the data order is a function of ``(seed, epoch)`` alone, the po
 step, and the checkpoint holds every random state (torch, numpy, python ``random``, the view
 generator, per rank). Checkpoints hold plain tensors and containers only (``torch.load`` with
 ``weights_only=True``) and are replaced atomically (temporary file + ``os.replace``).
+A new run can start from another run's student weights (``init_from``, :func:`load_init`): unlike
+resume, the step, optimiser, centres and random states start afresh.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the loop runs data parallel (gloo on CPU, NCCL
 on CUDA), each rank taking its share of every global batch, only rank 0 writing files. ``strategy``:
