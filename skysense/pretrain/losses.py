@@ -67,6 +67,10 @@ class LossConfig:
     gcpl_momentum: float = 0.99
     max_pixels: int = 0  # L_pix on at most this many random (cell, date) pairs per direction; 0 = all
 
+    def __post_init__(self) -> None:
+        if self.centering not in ("ema", "sinkhorn"):
+            raise ValueError(f"pretrain.loss.centering={self.centering!r}: use 'ema' or 'sinkhorn'")
+
 
 @torch.no_grad()
 def sinkhorn_knopp(scores: Tensor, n_iters: int = 3, eps: float = 0.05) -> Tensor:
@@ -102,8 +106,6 @@ def dino_ce(
 
 def contrast(student: Tensor, teacher: Tensor, center: Tensor, cfg: LossConfig) -> Tensor:
     """:func:`dino_ce` with the temperatures and the centring of ``cfg``."""
-    if cfg.centering not in ("ema", "sinkhorn"):
-        raise ValueError(f"pretrain.loss.centering={cfg.centering!r}: use 'ema' or 'sinkhorn'")
     iters = cfg.sinkhorn_iters if cfg.centering == "sinkhorn" else 0
     return dino_ce(student, teacher, center, cfg.student_temp, cfg.teacher_temp, iters)
 

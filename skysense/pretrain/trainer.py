@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
+from skysense.checkpoint import LoadReport, load_state_checked
 from skysense.config import SkySenseConfig, get_preset
 from skysense.data.collate import collate
 from skysense.data.root import data_root as default_data_root
@@ -388,22 +389,14 @@ def load_init(path: str | Path, student: Student, teacher: Student) -> None:
         raise ValueError(
             f"init_from={str(path)!r}: expected a trainer checkpoint with a 'student' state dict"
         )
-    own = student.state_dict()
-    theirs = ck["student"]
-    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
-    shapes = [
-        f"{k}: {tuple(theirs[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in theirs and theirs[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
+    try:  # the library's checked load: unknown, missing and mis-shaped tensors are errors
+        load_state_checked(student, ck["student"], LoadReport())
+    except ValueError as e:
         raise ValueError(
-            f"init_from={str(path)!r} was written for another model or heads config "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, shapes {shapes[:3]}): "
+            f"init_from={str(path)!r} was written for another model or heads config ({e}): "
             "use the same preset, model overrides and pretrain.heads as that run"
-        )
-    student.load_state_dict(theirs)
-    teacher.load_state_dict(theirs)
+        ) from None
+    teacher.load_state_dict(student.state_dict())
 
 
 def rng_state(gen: torch.Generator) -> dict[str, Any]:

@@ -29,15 +29,20 @@ def no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def step_on(device: str, bf16: bool = False, checkpointing: bool = False, **loss):
-    """Losses and gradients of one step of the tiny model, same weights, batch and views on any device."""
+def built_on(device: str, cfg, checkpointing: bool = False):
+    """Student, teacher, centres (seed 0) and the test batch, on ``device``."""
     torch.manual_seed(0)
-    cfg = make_cfg(**loss)
     model = build_model("tiny")
     model.set_grad_checkpointing(checkpointing)
     student, teacher, centers = (m.to(device) for m in build_pretrain(model, cfg))
+    return student, teacher, centers, {k: v.to(device) for k, v in make_batch().items()}
+
+
+def step_on(device: str, bf16: bool = False, checkpointing: bool = False, **loss):
+    """Losses and gradients of one step of the tiny model, same weights, batch and views on any device."""
+    cfg = make_cfg(**loss)
+    student, teacher, centers, batch = built_on(device, cfg, checkpointing)
     student.eval()  # no drop-path: CPU and CUDA random streams differ
-    batch = {k: v.to(device) for k, v in make_batch().items()}
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         out = pretrain_step(student, teacher, centers, batch, cfg, torch.Generator().manual_seed(1)).losses
     out["loss"].backward()
@@ -87,11 +92,9 @@ def test_cuda_step_is_deterministic_under_a_seed():
 
 def test_centres_move_and_stay_on_the_gpu():
     """The teacher centres are updated in place on the device (a CPU tensor inside the step would raise)."""
-    torch.manual_seed(0)
     cfg = make_cfg()
-    student, teacher, centers = (m.to("cuda") for m in build_pretrain(build_model("tiny"), cfg))
+    student, teacher, centers, batch = built_on("cuda", cfg)
     before = copy.deepcopy(centers.state_dict())
-    batch = {k: v.to("cuda") for k, v in make_batch().items()}
     pretrain_step(student, teacher, centers, batch, cfg, torch.Generator().manual_seed(1))
     after = centers.state_dict()
     assert all(v.is_cuda for v in after.values())

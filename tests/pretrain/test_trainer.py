@@ -96,12 +96,17 @@ def test_data_order_is_a_function_of_seed_and_epoch():
     assert sorted(ranks[0] + ranks[1]) == sorted(batch_indices(1, 5, 4, 3))
 
 
+def initial_checkpoint(out: Path, **kw) -> dict:
+    """The checkpoint of a one-step run at lr 0: it holds the run's initial weights."""
+    cfg = tiny_cfg(out, steps=1, lr=0.0, min_lr=0.0, **kw)
+    cfg.pretrain.loss.gcpl = False  # GCPL moves the prototypes whatever the lr
+    train(cfg)
+    return load_checkpoint(out / "last.ckpt")
+
+
 def test_init_seed_sets_the_weights_alone(tmp_path):
-    def weights(name, **kw):  # lr 0: the checkpoint holds the initial weights
-        cfg = tiny_cfg(tmp_path / name, steps=1, lr=0.0, min_lr=0.0, **kw)
-        cfg.pretrain.loss.gcpl = False  # GCPL moves the prototypes whatever the lr
-        train(cfg)
-        return load_checkpoint(tmp_path / name / "last.ckpt")["student"]
+    def weights(name, **kw):
+        return initial_checkpoint(tmp_path / name, **kw)["student"]
 
     a, b, c = weights("a", seed=2, init_seed=0), weights("b", seed=0), weights("c", seed=2)
     assert a.keys() == b.keys() == c.keys()
@@ -110,15 +115,9 @@ def test_init_seed_sets_the_weights_alone(tmp_path):
 
 
 def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path):
-    def run(name, **kw):  # lr 0: the checkpoint holds the initial weights
-        cfg = tiny_cfg(tmp_path / name, steps=1, lr=0.0, min_lr=0.0, **kw)
-        cfg.pretrain.loss.gcpl = False  # GCPL moves the prototypes whatever the lr
-        train(cfg)
-        return load_checkpoint(tmp_path / name / "last.ckpt")
-
-    src = run("src", seed=0)
-    new = run("new", seed=2, init_from=str(tmp_path / "src" / "last.ckpt"))
-    own = run("own", seed=2)
+    src = initial_checkpoint(tmp_path / "src", seed=0)
+    new = initial_checkpoint(tmp_path / "new", seed=2, init_from=str(tmp_path / "src" / "last.ckpt"))
+    own = initial_checkpoint(tmp_path / "own", seed=2)
     assert all(torch.equal(new["student"][k], src["student"][k]) for k in src["student"])
     # the teacher starts as their copy (one EMA step of equal weights: equal up to rounding)
     assert all(torch.allclose(new["teacher"][k], src["student"][k], atol=1e-6) for k in src["student"])
