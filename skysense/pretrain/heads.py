@@ -8,6 +8,15 @@ Choice [open]: one head per feature **stream** (``hr``, ``s2``, ``s1``, ``fused`
 pixel, object and image granularities (as iBOT shares its head between patch and class tokens):
 the streams have different widths and statistics, while the granularities of one stream live in
 the same feature space. ``share_granularities=False`` builds one head per (stream, granularity).
+
+Choice [ours]: the head of a stream listed in ``HeadConfig.standardise`` first standardises its input per
+channel over the tokens of each call (BatchNorm without affine weights or running statistics, as in the
+projectors of SimCLR, BYOL and MoCo v3). The fused stream needs it: ``F_fus_mm`` is the extra token's
+output with no final norm (as released), and from a fresh initialisation it is that token's learnt
+embedding plus a small per-cell part (pairwise cosine ~0.9 across cells and samples), so every teacher
+distribution is the same, the centred targets are uniform and the stream collapses within 50 steps
+(BENCHMARKS.md, multi-modal pre-training). Standardising removes the shared part before the head.
+Under DDP each rank uses the statistics of its own tokens.
 """
 
 from __future__ import annotations
@@ -31,13 +40,18 @@ class HeadConfig:
     n_layers: int = 3
     share_granularities: bool = True
     cma_dim: int = 256  # width of the shared cross-modal embedding (0 = use the aligned features as-is)
+    standardise: tuple[str, ...] = ("fused",)  # streams whose head input is standardised (module doc)
 
 
 class DINOHead(nn.Module):
-    """(..., in_dim) -> (..., out_dim) logits."""
+    """(..., in_dim) -> (..., out_dim) logits; ``standardise``: per-channel standardisation of the input
+    over all its tokens first (module doc)."""
 
-    def __init__(self, in_dim: int, cfg: HeadConfig) -> None:
+    def __init__(self, in_dim: int, cfg: HeadConfig, standardise: bool = False) -> None:
         super().__init__()
+        # No parameters or buffers: checkpoints keep their keys, and the teacher (in eval mode) also
+        # standardises with the statistics of its own call.
+        self.norm = nn.BatchNorm1d(in_dim, affine=False, track_running_stats=False) if standardise else None
         dims = [in_dim] + [cfg.hidden_dim] * (cfg.n_layers - 1) + [cfg.bottleneck_dim]
         layers: list[nn.Module] = []
         for i in range(len(dims) - 1):
@@ -52,6 +66,8 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.norm is not None and x.shape[:-1].numel() > 1:  # one token has no spread to remove
+            x = self.norm(x.reshape(-1, x.shape[-1])).reshape(x.shape)  # (..., in_dim)
         z = F.normalize(self.mlp(x), dim=-1)  # (..., bottleneck)
         return F.linear(z, F.normalize(self.prototypes.weight, dim=-1))  # cosine logits in [-1, 1]
 
@@ -69,10 +85,10 @@ class ProjectionHeads(nn.Module):
         self.heads = nn.ModuleDict()
         for stream, dim in dims.items():
             if cfg.share_granularities:
-                self.heads[stream] = DINOHead(dim, cfg)
+                self.heads[stream] = DINOHead(dim, cfg, stream in cfg.standardise)
             else:
                 for g in GRANULARITIES:
-                    self.heads[f"{stream}_{g}"] = DINOHead(dim, cfg)
+                    self.heads[f"{stream}_{g}"] = DINOHead(dim, cfg, stream in cfg.standardise)
         self.cma: nn.Module = nn.Linear(cma_in, cfg.cma_dim) if cma_in and cfg.cma_dim else nn.Identity()
 
     def forward(self, stream: str, granularity: str, x: Tensor) -> Tensor:

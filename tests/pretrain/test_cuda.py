@@ -51,12 +51,12 @@ def step_on(device: str, bf16: bool = False, checkpointing: bool = False, **loss
     return losses, grads
 
 
-def close(a: dict, b: dict, rtol: float) -> list[str]:
-    """Names whose values (or gradients) differ by more than rtol of their own size."""
+def close(a: dict, b: dict, rtol: float, atol: float = 1e-8) -> list[str]:
+    """Names whose values (or gradients) differ by more than rtol of their own size plus atol."""
     bad = [k for k in a if k not in b]
     for k in a.keys() & b.keys():
         x, y = torch.as_tensor(a[k], dtype=torch.float64), torch.as_tensor(b[k], dtype=torch.float64)
-        if (x - y).norm() > rtol * y.norm() + 1e-8:
+        if (x - y).norm() > rtol * y.norm() + atol:
             bad.append(k)
     return sorted(bad)
 
@@ -68,7 +68,12 @@ def test_fp32_step_on_cuda_matches_the_cpu(checkpointing):
         gpu_losses, gpu_grads = step_on("cuda", checkpointing=checkpointing)
     assert gpu_grads.keys() == cpu_grads.keys()
     assert close(gpu_losses, cpu_losses, 1e-4) == []
-    assert close(gpu_grads, cpu_grads, 1e-3) == []
+    # The fused head standardises its input, so a shift shared by every fused token (the last fusion
+    # bias) gets a gradient only through the geo-context: ~1e-6 of the total, a sum of cancelling terms
+    # that fp32 gets to ~2 % even on the CPU (against float64). Such near-zero gradients are held to
+    # an absolute floor of 1e-6 of the total norm instead.
+    floor = 1e-6 * float(torch.stack([g.norm() for g in cpu_grads.values()]).norm())
+    assert close(gpu_grads, cpu_grads, 1e-3, atol=floor) == []
 
 
 def test_bf16_autocast_on_cuda_stays_near_fp32():
