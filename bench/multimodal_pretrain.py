@@ -50,6 +50,9 @@ def summarise(name: str, rows: list[dict[str, str]], n_samples: int) -> dict[str
         "gcpl_steps": sum(1 for v in col("gcpl_shift") if v > 0),
         "gcpl_shift_mean": statistics.mean(col("gcpl_shift")) if col("gcpl_shift") else 0.0,
         "teacher_entropy_rel_end": col("teacher_entropy_rel")[-1],
+        # ln K (6.93 at K = 1024) here means the fused stream's targets are uniform: collapsed
+        "img_fused_start": statistics.mean(col("img/fused")[:k]) if col("img/fused") else None,
+        "img_fused_end": statistics.mean(col("img/fused")[-k:]) if col("img/fused") else None,
         "feature_std_end": col("feature_std")[-1],
         "s_per_step": statistics.median(col("time")),
     }
