@@ -108,12 +108,14 @@ def build_pretrain(backbone: SkySense, cfg: PretrainConfig) -> tuple[Student, St
     """Student (backbone + heads), its EMA teacher and the teacher centres."""
     n = len(backbone.cfg.hr.out_channels) if backbone.cfg.hr is not None else 0
     stages = {f"hr{k}" for k in range(1, n + 1)}
-    bad = [s for s in cfg.loss.streams if s not in {"hr", "fused", *SERIES, *stages}]
-    if bad:
-        raise ValueError(
-            f"unknown MGCL streams {bad}: use hr, s2, s1, fused or a stage of this hr encoder, "
-            f"{sorted(stages)}"
-        )
+    known = {"hr", "fused", *SERIES, *stages}
+    for key, names in (("loss.streams", cfg.loss.streams), ("heads.standardise", cfg.heads.standardise)):
+        bad = [s for s in names if s not in known]
+        if bad:
+            raise ValueError(
+                f"pretrain.{key}: unknown streams {bad}: use hr, s2, s1, fused or a stage of this hr "
+                f"encoder, {sorted(stages)}"
+            )
     student = Student(backbone, cfg.heads, cfg.loss.streams)
     if cfg.loss.gcpl and cfg.freeze_prototypes and backbone.geo is not None:
         backbone.geo.prototypes.requires_grad_(False)

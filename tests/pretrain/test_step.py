@@ -197,5 +197,9 @@ def test_hr_stage_streams_reach_the_earlier_stages():
 
 @pytest.mark.parametrize("streams", [("hr", "hr9"), ("optical",)])
 def test_unknown_streams_are_refused(streams):
-    with pytest.raises(ValueError, match="stream"):
+    with pytest.raises(ValueError, match="loss.streams: unknown"):
         build_pretrain(build_model("tiny"), make_cfg(streams=streams))
+    cfg = make_cfg()
+    cfg.heads.standardise = streams
+    with pytest.raises(ValueError, match="heads.standardise: unknown"):
+        build_pretrain(build_model("tiny"), cfg)
