@@ -16,6 +16,9 @@ output with no final norm (as released), and from a fresh initialisation it is t
 embedding plus a small per-cell part (pairwise cosine ~0.9 across cells and samples), so every teacher
 distribution is the same, the centred targets are uniform and the stream collapses within 50 steps
 (BENCHMARKS.md, multi-modal pre-training). Standardising removes the shared part before the head.
+The hr stream (stage 4 after its norm) has a milder shared part at initialisation; standardising it
+too raised the AID linear probe by 4-10 points at the same budget (BENCHMARKS.md, session 10). The
+s2/s1 streams were not measured with it and stay plain by default.
 Under DDP each rank uses the statistics of its own tokens.
 """
 
@@ -40,7 +43,7 @@ class HeadConfig:
     n_layers: int = 3
     share_granularities: bool = True
     cma_dim: int = 256  # width of the shared cross-modal embedding (0 = use the aligned features as-is)
-    standardise: tuple[str, ...] = ("fused",)  # streams whose head input is standardised (module doc)
+    standardise: tuple[str, ...] = ("hr", "fused")  # streams whose head input is standardised (module doc)
 
 
 class DINOHead(nn.Module):

@@ -54,9 +54,11 @@ def test_standardisation_keeps_near_constant_features_apart():
     head maps every token to nearly the same logits, the standardised head does not."""
     torch.manual_seed(0)
     x = torch.randn(16) + 0.01 * torch.randn(64, 16)  # (N, D), pairwise cosine ~1
-    heads = ProjectionHeads({"hr": 16, "fused": 16}, HeadConfig(hidden_dim=32, bottleneck_dim=16, out_dim=64))
-    assert heads.heads["fused"].norm is not None and heads.heads["hr"].norm is None  # the default
-    heads.heads["hr"].load_state_dict(heads.heads["fused"].state_dict())
-    spread_plain = heads("hr", "img", x).std(0).mean()
+    cfg = HeadConfig(hidden_dim=32, bottleneck_dim=16, out_dim=64)
+    heads = ProjectionHeads({"hr": 16, "s2": 16, "fused": 16}, cfg)
+    assert heads.heads["s2"].norm is None  # the default standardises hr and fused only
+    assert heads.heads["hr"].norm is not None and heads.heads["fused"].norm is not None
+    heads.heads["s2"].load_state_dict(heads.heads["fused"].state_dict())
+    spread_plain = heads("s2", "img", x).std(0).mean()
     spread_std = heads("fused", "img", x).std(0).mean()
     assert spread_std > 20 * spread_plain
