@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,9 @@ class LossConfig:
     obj: bool = True
     img: bool = True
     streams: tuple[str, ...] = ("hr", "s2", "s1", "fused")  # MGCL streams; hr1 ... hr4: one hr stage
+    # [ours] per stream, the granularities it runs, e.g. {hr: [img], hr3: [pix, obj]}; absent = all.
+    # pix/obj/img above still switch a granularity off for every stream (ablations stay one flag).
+    levels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     cma: bool = True
     gcpl: bool = True
     student_temp: float = 0.1
@@ -70,6 +73,25 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.centering not in ("ema", "sinkhorn"):
             raise ValueError(f"pretrain.loss.centering={self.centering!r}: use 'ema' or 'sinkhorn'")
+        for stream, names in self.levels.items():
+            bad = [g for g in names if g not in ("pix", "obj", "img")]
+            if bad or stream not in self.streams:
+                raise ValueError(
+                    f"pretrain.loss.levels[{stream!r}]={list(names)}: keys must be among streams "
+                    f"{list(self.streams)} and values among pix, obj, img"
+                )
+
+    def for_stream(self, stream: str) -> LossConfig:
+        """This config with the granularities that ``levels`` leaves out of ``stream`` switched off."""
+        if stream not in self.levels:
+            return self
+        keep = self.levels[stream]
+        return replace(
+            self,
+            pix=self.pix and "pix" in keep,
+            obj=self.obj and "obj" in keep,
+            img=self.img and "img" in keep,
+        )
 
 
 @torch.no_grad()

@@ -4,7 +4,9 @@
 L_img`` (Eq. 5). Streams: ``hr`` = the stage-4 map (stride 32), ``s2``/``s1`` = the last ViT map per
 date, ``fused`` = F_fus (with the geo-context half). ``hr1`` ... ``hr4`` name one stage of the hr pyramid
 (``hr4`` is ``hr`` with a head of its own): not in the paper, they give the earlier stages MGCL targets
-of their own, on grids fine enough for pixel and object terms when views are small.
+of their own, on grids fine enough for pixel and object terms when views are small. ``loss.levels``
+picks the granularities of each stream, e.g. ``{hr: [img], hr3: [pix, obj]}``: the dense terms on the
+4 x 4 stage-3 grid of a 64-px view instead of the 2 x 2 stage-4 grid, the image term on stage 4.
 
 The CMA embedding of a modality is its aligned map (``hr`` stage 4, ``s2_aligned``, ``s1_aligned``,
 all in the hr stage-4 space) pooled over space and valid dates, through one shared linear projection.
@@ -176,7 +178,7 @@ def local_image_losses(
     crops = local_views(batch, views[0], cfg.views, gen)
     outs = [student(w.sample) for w in crops]
     losses = {}
-    for stream in cfg.loss.streams:
+    for stream in (s for s in cfg.loss.streams if cfg.loss.for_stream(s).img):
         teachers = [stream_map(o, w.sample, stream) for o, w in zip(t_out, views)]
         terms = []
         for o, w in zip(outs, crops):
@@ -228,6 +230,9 @@ def pretrain_step(
     new_logits: dict[str, Tensor] = {}
     mgcl: list[Tensor] = []
     for stream in lc.streams:
+        slc = lc.for_stream(stream)
+        if not (slc.pix or slc.obj or slc.img):
+            continue
         got = [stream_map(o, w.sample, stream) for o, w in zip(s_out, views)]
         got_t = [stream_map(o, w.sample, stream) for o, w in zip(t_out, views)]
         if got[0] is None or got[1] is None or got_t[0] is None or got_t[1] is None:
@@ -247,7 +252,7 @@ def pretrain_step(
             _heads(student, stream),
             _heads(teacher, stream),
             centers.get(stream),
-            lc,
+            slc,
         )
         for g, value in terms.items():
             losses[f"{g}/{stream}"] = value

@@ -203,3 +203,31 @@ def test_unknown_streams_are_refused(streams):
     cfg.heads.standardise = streams
     with pytest.raises(ValueError, match="heads.standardise: unknown"):
         build_pretrain(build_model("tiny"), cfg)
+
+
+def test_levels_pick_granularities_per_stream_and_leave_the_rest_unchanged(state):
+    """``levels`` drops terms of one stream without touching the others: with hr at image level only,
+    the hr and s2 terms that remain equal those of the run with every level; the global flags still
+    win (an ablation stays one flag)."""
+    base = dict(cma=False, gcpl=False, streams=("hr", "s2"))
+    ref = run(state, make_batch(), cfg=make_cfg(**base))[0].losses
+    out = run(state, make_batch(), cfg=make_cfg(levels={"hr": ("img",)}, **base))[0].losses
+    assert set(out) == {"img/hr", "pix/s2", "obj/s2", "img/s2", "mgcl", "loss"}
+    for k in set(out) - {"mgcl", "loss"}:
+        assert torch.equal(out[k], ref[k]), k
+    kept = sum(v for k, v in ref.items() if k in out and k not in ("mgcl", "loss"))
+    torch.testing.assert_close(out["mgcl"], kept)
+    out = run(state, make_batch(), cfg=make_cfg(pix=False, levels={"s2": ("pix", "img")}, **base))[0].losses
+    assert set(out) == {"obj/hr", "img/hr", "img/s2", "mgcl", "loss"}
+    out = run(state, make_batch(), cfg=make_cfg(levels={"s2": ()}, **base))[0].losses
+    assert not any(k.endswith("/s2") for k in out)
+    cfg = make_cfg(levels={"s2": ("pix",)}, **base)
+    cfg.views.local_crops = 1
+    out = run(state, make_batch(), cfg=cfg)[0].losses  # multi-crop terms are image level too
+    assert "img_local/hr" in out and "img_local/s2" not in out
+
+
+@pytest.mark.parametrize("levels", [{"hr": ("pixel",)}, {"s1": ("img",)}])
+def test_bad_levels_are_refused(levels):
+    with pytest.raises(ValueError, match="pretrain.loss.levels"):
+        LossConfig(streams=("hr", "s2"), levels=levels)
