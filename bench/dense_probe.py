@@ -38,7 +38,14 @@ from skysense.data.datasets import Segmentation  # noqa: E402
 from skysense.data.root import data_root  # noqa: E402
 from skysense.data.scenes import normalise_hr  # noqa: E402
 from skysense.models.skysense import build_model  # noqa: E402
-from skysense.pretrain.trainer import CKPT, load_checkpoint, load_encoder, model_config  # noqa: E402
+from skysense.pretrain.trainer import (  # noqa: E402
+    CKPT,
+    TrainConfig,
+    from_dict,
+    load_checkpoint,
+    load_encoder,
+    model_config,
+)
 
 
 def load_tiles(size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,16 +127,14 @@ def main() -> None:
                 print(f"skip {ckpt}: not found")
                 continue
             encoders[name] = lambda c=ckpt: load_encoder(c)
-            cfg = load_checkpoint(ckpt)["config"]
         if not encoders:
             continue
+        first = Path(args.root) / f"seed{seed}" / next(iter(encoders)) / CKPT
+        cfg = from_dict(TrainConfig, load_checkpoint(first)["config"])  # the variants share the model
 
-        def random_init(cfg: dict = cfg) -> Any:
-            from skysense.pretrain.trainer import TrainConfig, from_dict
-
-            tc = from_dict(TrainConfig, cfg)
-            torch.manual_seed(tc.weights_seed)  # as bench/linear_probe.py: the run's starting weights
-            return build_model(model_config(tc)).eval()
+        def random_init(cfg: TrainConfig = cfg) -> Any:
+            torch.manual_seed(cfg.weights_seed)  # as bench/linear_probe.py: the run's starting weights
+            return build_model(model_config(cfg)).eval()
 
         encoders["random_init"] = random_init
         for name, build in encoders.items():

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from skysense.pretrain.heads import GRANULARITIES
+
 Head = Callable[[Tensor], Tensor]  # features (n, D) -> logits (n, K)
 
 
@@ -74,7 +76,7 @@ class LossConfig:
         if self.centering not in ("ema", "sinkhorn"):
             raise ValueError(f"pretrain.loss.centering={self.centering!r}: use 'ema' or 'sinkhorn'")
         for stream, names in self.levels.items():
-            bad = [g for g in names if g not in ("pix", "obj", "img")]
+            bad = [g for g in names if g not in GRANULARITIES]
             if bad or stream not in self.streams:
                 raise ValueError(
                     f"pretrain.loss.levels[{stream!r}]={list(names)}: keys must be among streams "
