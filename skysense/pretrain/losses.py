@@ -56,6 +56,9 @@ class LossConfig:
     # [ours] per stream, the granularities it runs, e.g. {hr: [img], hr3: [pix, obj]}; absent = all.
     # pix/obj/img above still switch a granularity off for every stream (ablations stay one flag).
     levels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # [ours] granularity -> weight in L_MGCL, e.g. {pix: 0.25, obj: 0.25}; absent = 1 (Eq. 5's plain sum).
+    # "img" also weighs the multi-crop image terms.
+    weights: dict[str, float] = field(default_factory=dict)
     cma: bool = True
     gcpl: bool = True
     student_temp: float = 0.1
@@ -82,6 +85,16 @@ class LossConfig:
                     f"pretrain.loss.levels[{stream!r}]={list(names)}: keys must be among streams "
                     f"{list(self.streams)} and values among pix, obj, img"
                 )
+        for g, w in self.weights.items():
+            if g not in GRANULARITIES or not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise ValueError(
+                    f"pretrain.loss.weights[{g!r}]={w!r}: keys must be among pix, obj, img and weights "
+                    "finite numbers >= 0"
+                )
+
+    def weight(self, granularity: str) -> float:
+        """The weight of a granularity in L_MGCL (1 unless ``weights`` names it)."""
+        return float(self.weights.get(granularity, 1.0))
 
     def for_stream(self, stream: str) -> LossConfig:
         """This config with the granularities that ``levels`` leaves out of ``stream`` switched off."""

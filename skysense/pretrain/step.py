@@ -1,8 +1,8 @@
 """One pre-training step of SkySense (paper Sec. 3.2): views -> student/teacher -> MGCL + CMA, and GCPL.
 
 ``L = L_MGCL + w_cma * L_CMA`` with ``L_MGCL = sum over streams (hr, s2, s1, fused) of L_pix + L_obj +
-L_img`` (Eq. 5). Streams: ``hr`` = the stage-4 map (stride 32), ``s2``/``s1`` = the last ViT map per
-date, ``fused`` = F_fus (with the geo-context half). ``hr1`` ... ``hr4`` name one stage of the hr pyramid
+L_img`` (Eq. 5); ``loss.weights`` (not in the paper) scales a granularity, e.g. ``{pix: 0.25, obj: 0.25}``.
+Streams: ``hr`` = the stage-4 map (stride 32), ``s2``/``s1`` = the last ViT map per date, ``fused`` = F_fus (with the geo-context half). ``hr1`` ... ``hr4`` name one stage of the hr pyramid
 (``hr4`` is ``hr`` with a head of its own): not in the paper, they give the earlier stages MGCL targets
 of their own, on grids fine enough for pixel and object terms when views are small. ``loss.levels``
 picks the granularities of each stream, e.g. ``{hr: [img], hr3: [pix, obj]}``: the dense terms on the
@@ -255,15 +255,15 @@ def pretrain_step(
             slc,
         )
         for g, value in terms.items():
-            losses[f"{g}/{stream}"] = value
-            mgcl.append(value)
+            losses[f"{g}/{stream}"] = value  # logged unweighted
+            mgcl.append(lc.weight(g) * value)
         new_logits.update({f"{stream}_{g}": x for g, x in logits.items()})
     if cfg.views.local_crops and lc.img:
         for stream, value in local_image_losses(
             student, teacher, centers, t_out, views, batch, cfg, gen
         ).items():
             losses[f"img_local/{stream}"] = value
-            mgcl.append(value)
+            mgcl.append(lc.weight("img") * value)
     zero = s_out[0]["fused"].sum() * 0.0
     losses["mgcl"] = torch.stack(mgcl).sum() if mgcl else zero
     total = losses["mgcl"]

@@ -227,6 +227,32 @@ def test_levels_pick_granularities_per_stream_and_leave_the_rest_unchanged(state
     assert "img_local/hr" in out and "img_local/s2" not in out
 
 
+def test_weights_scale_each_granularity_in_the_total(state):
+    """``weights`` leaves every logged term bit-equal and sums them as w_g * L_g (the multi-crop terms
+    take the image weight); a zero weight keeps the term logged but out of the total."""
+    base = dict(cma=False, gcpl=False, streams=("hr", "s2"))
+    cfg = make_cfg(**base)
+    cfg.views.local_crops = 1
+    ref = run(state, make_batch(), cfg=cfg)[0].losses
+    w = {"pix": 0.25, "obj": 0.0, "img": 2.0}
+    cfg = make_cfg(weights=w, **base)
+    cfg.views.local_crops = 1
+    out = run(state, make_batch(), cfg=cfg)[0].losses
+    assert set(out) == set(ref)
+    terms = [k for k in ref if "/" in k]
+    for k in terms:
+        assert torch.equal(out[k], ref[k]), k
+    expect = sum(w[k.split("/")[0].removesuffix("_local")] * ref[k].double() for k in terms)
+    torch.testing.assert_close(out["mgcl"].double(), expect, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(out["mgcl"], ref["mgcl"])
+
+
+@pytest.mark.parametrize("weights", [{"pixel": 1.0}, {"obj": -0.5}, {"img": float("nan")}, {"pix": "x"}])
+def test_bad_weights_are_refused(weights):
+    with pytest.raises(ValueError, match="pretrain.loss.weights"):
+        LossConfig(weights=weights)
+
+
 @pytest.mark.parametrize("levels", [{"hr": ("pixel",)}, {"s1": ("img",)}])
 def test_bad_levels_are_refused(levels):
     with pytest.raises(ValueError, match="pretrain.loss.levels"):
