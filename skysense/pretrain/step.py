@@ -2,7 +2,8 @@
 
 ``L = L_MGCL + w_cma * L_CMA`` with ``L_MGCL = sum over streams (hr, s2, s1, fused) of L_pix + L_obj +
 L_img`` (Eq. 5); ``loss.weights`` (not in the paper) scales a granularity, e.g. ``{pix: 0.25, obj: 0.25}``.
-Streams: ``hr`` = the stage-4 map (stride 32), ``s2``/``s1`` = the last ViT map per date, ``fused`` = F_fus (with the geo-context half). ``hr1`` ... ``hr4`` name one stage of the hr pyramid
+Streams: ``hr`` = the stage-4 map (stride 32), ``s2``/``s1`` = the last ViT map per date,
+``fused`` = F_fus (with the geo-context half). ``hr1`` ... ``hr4`` name one stage of the hr pyramid
 (``hr4`` is ``hr`` with a head of its own): not in the paper, they give the earlier stages MGCL targets
 of their own, on grids fine enough for pixel and object terms when views are small. ``loss.levels``
 picks the granularities of each stream, e.g. ``{hr: [img], hr3: [pix, obj]}``: the dense terms on the
