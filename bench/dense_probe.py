@@ -37,14 +37,13 @@ import common  # noqa: E402
 from skysense.data.datasets import Segmentation  # noqa: E402
 from skysense.data.root import data_root  # noqa: E402
 from skysense.data.scenes import normalise_hr  # noqa: E402
-from skysense.models.skysense import build_model  # noqa: E402
 from skysense.pretrain.trainer import (  # noqa: E402
     CKPT,
     TrainConfig,
     from_dict,
+    initial_encoder,
     load_checkpoint,
     load_encoder,
-    model_config,
 )
 
 
@@ -132,11 +131,7 @@ def main() -> None:
         first = Path(args.root) / f"seed{seed}" / next(iter(encoders)) / CKPT
         cfg = from_dict(TrainConfig, load_checkpoint(first)["config"])  # the variants share the model
 
-        def random_init(cfg: TrainConfig = cfg) -> Any:
-            torch.manual_seed(cfg.weights_seed)  # as bench/linear_probe.py: the run's starting weights
-            return build_model(model_config(cfg)).eval()
-
-        encoders["random_init"] = random_init
+        encoders["random_init"] = lambda cfg=cfg: initial_encoder(cfg)  # the run's starting weights
         for name, build in encoders.items():
             enc = build()
             rows[f"{name} (seed {seed})"] = {

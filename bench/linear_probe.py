@@ -54,9 +54,15 @@ from skysense.linear_probe import (  # noqa: E402
     probe_splits,
     summarise_seeds,
 )
-from skysense.models.skysense import build_model  # noqa: E402
 from skysense.pretrain.cli import load_config  # noqa: E402
-from skysense.pretrain.trainer import CKPT, load_checkpoint, load_encoder, model_config, train  # noqa: E402
+from skysense.pretrain.trainer import (  # noqa: E402
+    CKPT,
+    initial_encoder,
+    load_checkpoint,
+    load_encoder,
+    model_config,
+    train,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs/pretrain/aid_hr_cpu.yaml"
@@ -220,13 +226,8 @@ def main() -> None:
             jobs.append((f"pretrained ({name})", partial(load_encoder, ckpt), base / name, stamp))
         assert cfg is not None
         mcfg = model_config(cfg)
-        stamp = f"seed {cfg.weights_seed}, model {digest(repr(mcfg).encode())}"
-
-        def random_init(mcfg: Any = mcfg, seed: int = cfg.weights_seed) -> Any:
-            torch.manual_seed(seed)  # the trainer's initialisation
-            return build_model(mcfg).eval()
-
-        jobs.append(("random init", random_init, base / "random_init", stamp))
+        stamp = f"seed {cfg.weights_seed}, model {digest(repr(mcfg).encode())}"  # the run's start
+        jobs.append(("random init", partial(initial_encoder, cfg), base / "random_init", stamp))
         by_seed[cfg.seed] = {
             f"{label} @ {probe}": r
             for label, build, folder, stamp in jobs

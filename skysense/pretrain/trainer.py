@@ -629,8 +629,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
-    torch.manual_seed(cfg.weights_seed)  # same initial weights on every rank
-    model = build_model(model_config(cfg), grad_checkpointing=cfg.grad_checkpointing)
+    model = initial_encoder(cfg, cfg.grad_checkpointing)  # same initial weights on every rank
     student, teacher, centers = build_pretrain(model, cfg.pretrain)
     if cfg.init_from and not (resume and (out_dir / CKPT).exists()):
         load_init(cfg.init_from, student, teacher)
@@ -813,6 +812,12 @@ def _checkpoint(
         "config": dataclasses.asdict(cfg),
     }
     save_checkpoint(path, state)
+
+
+def initial_encoder(cfg: TrainConfig, grad_checkpointing: bool = False) -> SkySense:
+    """The encoder a run of ``cfg`` starts from (seeded by ``cfg.weights_seed``): the random-init baseline."""
+    torch.manual_seed(cfg.weights_seed)
+    return build_model(model_config(cfg), grad_checkpointing=grad_checkpointing)
 
 
 def load_encoder(path: str | Path, which: str = "teacher") -> SkySense:
