@@ -86,7 +86,11 @@ class LossConfig:
                     f"{list(self.streams)} and values among pix, obj, img"
                 )
         for g, w in self.weights.items():
-            if g not in GRANULARITIES or not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            try:
+                value = float(w)  # YAML reads 1e-1 as the string "1e-1"
+            except (TypeError, ValueError):
+                value = math.nan
+            if g not in GRANULARITIES or isinstance(w, bool) or not (math.isfinite(value) and value >= 0):
                 raise ValueError(
                     f"pretrain.loss.weights[{g!r}]={w!r}: keys must be among pix, obj, img and weights "
                     "finite numbers >= 0"

@@ -247,10 +247,17 @@ def test_weights_scale_each_granularity_in_the_total(state):
     assert not torch.allclose(out["mgcl"], ref["mgcl"])
 
 
-@pytest.mark.parametrize("weights", [{"pixel": 1.0}, {"obj": -0.5}, {"img": float("nan")}, {"pix": "x"}])
+@pytest.mark.parametrize(
+    "weights", [{"pixel": 1.0}, {"obj": -0.5}, {"img": float("nan")}, {"pix": "x"}, {"pix": True}]
+)
 def test_bad_weights_are_refused(weights):
     with pytest.raises(ValueError, match="pretrain.loss.weights"):
         LossConfig(weights=weights)
+
+
+def test_weights_from_yaml_strings():
+    assert LossConfig(weights={"pix": "1e-1"}).weight("pix") == pytest.approx(0.1)  # YAML's 1e-1
+    assert LossConfig().weight("obj") == 1.0
 
 
 @pytest.mark.parametrize("levels", [{"hr": ("pixel",)}, {"s1": ("img",)}])
