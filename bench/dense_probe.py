@@ -130,7 +130,6 @@ def main() -> None:
             continue
         first = Path(args.root) / f"seed{seed}" / next(iter(encoders)) / CKPT
         cfg = from_dict(TrainConfig, load_checkpoint(first)["config"])  # the variants share the model
-
         encoders["random_init"] = lambda cfg=cfg: initial_encoder(cfg)  # the run's starting weights
         for name, build in encoders.items():
             enc = build()

@@ -95,10 +95,11 @@ class LossConfig:
                     f"pretrain.loss.weights[{g!r}]={w!r}: keys must be among pix, obj, img and weights "
                     "finite numbers >= 0"
                 )
+        self.weights = {g: float(w) for g, w in self.weights.items()}  # once, not per step
 
     def weight(self, granularity: str) -> float:
         """The weight of a granularity in L_MGCL (1 unless ``weights`` names it)."""
-        return float(self.weights.get(granularity, 1.0))
+        return self.weights.get(granularity, 1.0)
 
     def for_stream(self, stream: str) -> LossConfig:
         """This config with the granularities that ``levels`` leaves out of ``stream`` switched off."""
