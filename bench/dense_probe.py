@@ -1,21 +1,31 @@
-"""Do the pixel and object terms of MGCL give better dense features? A per-pixel linear probe on LoveDA.
+"""Do the pixel and object terms of MGCL give better dense features? Per-pixel linear probes on three tasks.
 
-    python bench/dense_probe.py --root runs/bench/std_hr --seeds 0,1,2 --variants full,image_only
+    python bench/dense_probe.py --runs image_only=runs/bench/std_hr:image_only,full=runs/bench/std_hr:full \\
+        --seeds 0,1,2,3 --tag _suite
+    python bench/dense_probe.py --root runs/bench/std_hr --seeds 0,1,2 --variants full,image_only  # or so
 
 The AID scene probe of ``bench/linear_probe.py`` pools every map to one vector, so it can only reward
-what the image-level term teaches. This probe keeps the maps: the frozen hr teacher of each run (and the
-same network at its random initialisation) sees the three LoveDA tiles of ``shared/data/seg_samples``
-(1024 px at 0.3 m, 7 classes, no-data ignored) resized to ``--size`` px; each stage's map is upsampled
-(bilinear) to a quarter of that side and a multinomial logistic regression (scikit-learn, features
-standardised on the training pixels, C = 1) classifies every cell from the concatenated stages ("all") or
-stage 4 alone ("last"). Labels are the nearest-neighbour downsample of the annotation. The tiles
-hold different classes (one is mostly forest, absent from the others), so folds are spatial, not per
-tile: a checkerboard of 16 x 16-cell blocks (64 px at 256) over every tile, train on one colour and test
-on the other, then swap; pixel accuracy and mIoU (over the classes in
-the test cells' labels or predictions), averaged over the two folds.
-A colour-only reference (mean RGB of each cell) shows what no network is needed for. Three tiles are a
-small test set: read the per-seed pairs (same seed, full vs image-only) rather than single numbers.
-Writes ``bench/results/dense_probe{--tag}.json``.
+what the image-level term teaches. These probes keep the maps. The frozen hr teacher of each run (and the
+same network at its random initialisation) sees every image of a task; each stage's map is upsampled
+(bilinear) to stride 4 and a logistic regression (scikit-learn, features standardised on the training
+cells, C = 1) classifies every cell from the concatenated stages ("all") or stage 4 alone ("last").
+Labels are the nearest-neighbour downsample of the annotation to stride 4. Tasks (``shared/data``):
+
+- ``loveda``: the 3 LoveDA tiles of ``seg_samples`` (1024 px at 0.3 m, 7 classes, no-data ignored),
+  resized to 256 px. Score: mIoU.
+- ``potsdam``: the one ISPRS Potsdam crop of ``seg_samples`` (512 px, 6 classes), at its own 512 px.
+  Score: mIoU.
+- ``levir_cd``: the 11 labelled LEVIR-CD pairs (256 px at 0.5 m, building change), at their own size.
+  A cell's input is ``|f_before - f_after|``; score: F1 of the change class (LEVIR-CD's metric), with
+  its IoU and the average precision of its probability (threshold-free) alongside.
+
+The images hold different classes (one LoveDA tile is mostly forest, absent from the others), so folds are
+spatial, not per image: a checkerboard of 16 x 16-cell blocks over every image, train on one colour and
+test on the other, then swap, and average the two folds. mIoU counts the classes in the test cells'
+labels or predictions (as mmseg). A colour-only reference (mean RGB of each cell, or its change) shows
+what no network is needed for. Sizes were fixed before any pre-trained run was probed on the new tasks.
+These sets are small: read the per-seed pairs against ``--baseline`` (same seed, same initial weights),
+not single numbers. Writes ``bench/results/dense_probe{--tag}.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +45,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from skysense.data.datasets import Segmentation  # noqa: E402
+from skysense.data.datasets import ChangeDetection, Segmentation  # noqa: E402
 from skysense.data.root import data_root  # noqa: E402
 from skysense.data.scenes import normalise_hr  # noqa: E402
 from skysense.pretrain.trainer import (  # noqa: E402
@@ -47,22 +58,62 @@ from skysense.pretrain.trainer import (  # noqa: E402
 )
 
 
-def load_tiles(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3, size, size) float 0-255 and (N, size/4, size/4) int64 labels (-1 = no-data)."""
-    root = data_root() / "seg_samples" / "loveda"
+@dataclass
+class Task:
+    """Images ``(N, 3, S, S)`` 0-255, or ``(N, 2, 3, S, S)`` before/after pairs; labels ``(N, S/4, S/4)``
+    int64 with -1 = ignore."""
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def change(self) -> bool:
+        return self.images.dim() == 5
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(C, H, W) 0-255 -> (1, C, size, size) float."""
+    x = torch.as_tensor(x, dtype=torch.float32)[None]
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def _labels(y: torch.Tensor, size: int) -> torch.Tensor:
+    """(H, W) int -> (size/4, size/4) int64, nearest neighbour."""
+    y = torch.as_tensor(y)[None, None].float()
+    return F.interpolate(y, size=(size // 4, size // 4), mode="nearest")[0, 0].long()
+
+
+def _folder(*parts: str) -> Path:
+    root = data_root().joinpath(*parts)
     if not root.is_dir():
         sys.exit(f"skip: {root} not found (set SKYSENSE_DATA to the shared data folder)")
-    ds = Segmentation(root, reduce_zero_label=True)
-    images, labels = [], []
-    for i in range(len(ds)):
-        s = ds[i]
-        x = torch.as_tensor(s["hr"], dtype=torch.float32)[None]  # (1, 3, H, W)
-        images.append(
-            F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        )
-        y = torch.as_tensor(s["target"])[None, None].float()
-        labels.append(F.interpolate(y, size=(size // 4, size // 4), mode="nearest")[0, 0].long())
-    return torch.cat(images), torch.stack(labels)
+    return root
+
+
+def load_segmentation(name: str, size: int) -> Task:
+    # LoveDA: 0 = no-data, classes 1-7; Potsdam: classes 0-5
+    ds = Segmentation(_folder("seg_samples", name), reduce_zero_label=name == "loveda")
+    samples = [ds[i] for i in range(len(ds))]
+    images = torch.cat([_resize(s["hr"], size) for s in samples])
+    return Task(name, images, torch.stack([_labels(s["target"], size) for s in samples]))
+
+
+def load_change(size: int) -> Task:
+    ds = ChangeDetection(_folder("levir_cd"))  # pairs without a label are skipped
+    samples = [ds[i] for i in range(len(ds))]
+    pairs = [torch.cat([_resize(s["hr_pre"], size), _resize(s["hr_post"], size)]) for s in samples]
+    pairs = torch.stack(pairs)  # (N, 2, 3, size, size)
+    return Task("levir_cd", pairs, torch.stack([_labels(s["target"], size) for s in samples]))
+
+
+TASKS = {"loveda": 256, "potsdam": 512, "levir_cd": 256}  # probe side in px
+
+
+def load_task(name: str) -> Task:
+    return load_change(TASKS[name]) if name == "levir_cd" else load_segmentation(name, TASKS[name])
 
 
 @torch.no_grad()
@@ -75,75 +126,157 @@ def dense_features(encoder: Any, images: torch.Tensor, stages: str) -> torch.Ten
     return torch.cat(up, dim=1).permute(0, 2, 3, 1)
 
 
-def colour_features(images: torch.Tensor) -> torch.Tensor:
+def colour_features(images: torch.Tensor, stages: str = "all") -> torch.Tensor:
     return F.avg_pool2d(images, 4).permute(0, 2, 3, 1)  # (N, S/4, S/4, 3)
 
 
-def probe(feats: torch.Tensor, labels: torch.Tensor, block: int = 16) -> dict[str, Any]:
+def task_features(extract: Any, task: Task, stages: str) -> torch.Tensor:
+    """Per-cell features of a task: the maps, or for change pairs ``|f_before - f_after|``."""
+    if not task.change:
+        return extract(task.images, stages)
+    return (extract(task.images[:, 0], stages) - extract(task.images[:, 1], stages)).abs()
+
+
+def probe(feats: torch.Tensor, labels: torch.Tensor, change: bool = False, block: int = 16) -> dict[str, Any]:
     """Per-cell logistic regression, two folds of a checkerboard of ``block`` x ``block`` cells over every
-    tile (train on one colour, test on the other, then swap) -> mean pixel accuracy and mIoU."""
+    image (train on one colour, test on the other, then swap) -> fold means of pixel accuracy and mIoU,
+    or for ``change`` the F1 and IoU of class 1 and the average precision of its probability (no threshold).
+    ``score`` is the headline (mIoU, or change F1)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import jaccard_score
+    from sklearn.metrics import average_precision_score, f1_score, jaccard_score
     from sklearn.preprocessing import StandardScaler
 
     n, h, w, c = feats.shape
     i, j = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    colour = ((i // block + j // block) % 2).expand(n, h, w).reshape(-1)
+    colour = ((i // block + j // block) % 2).expand(n, h, w).reshape(-1).numpy()
     x_all, y_all = feats.reshape(-1, c).numpy(), labels.reshape(-1).numpy()
-    acc, miou = [], []
+    folds: dict[str, list[float]] = {"pixel_acc": [], "miou": [], "f1": [], "iou": [], "ap": []}
     for fold in (0, 1):
-        train = ((colour == fold).numpy()) & (y_all >= 0)
-        test = ((colour != fold).numpy()) & (y_all >= 0)
+        train, test = (colour == fold) & (y_all >= 0), (colour != fold) & (y_all >= 0)
         scaler = StandardScaler().fit(x_all[train])
         clf = LogisticRegression(C=1.0, max_iter=500).fit(scaler.transform(x_all[train]), y_all[train])
-        pred, target = clf.predict(scaler.transform(x_all[test])), y_all[test]
-        acc.append(float((pred == target).mean()))
+        x_test, target = scaler.transform(x_all[test]), y_all[test]
+        pred = clf.predict(x_test)
+        folds["pixel_acc"].append(float((pred == target).mean()))
         seen = np.union1d(pred, target)  # classes absent from both do not count (as mmseg)
-        miou.append(float(jaccard_score(target, pred, labels=seen, average="macro")))
-    return {"pixel_acc": statistics.mean(acc), "miou": statistics.mean(miou), "folds_miou": miou}
+        folds["miou"].append(float(jaccard_score(target, pred, labels=seen, average="macro")))
+        if change:
+            folds["f1"].append(float(f1_score(target, pred, pos_label=1, zero_division=0)))
+            folds["iou"].append(float(jaccard_score(target, pred, pos_label=1, zero_division=0)))
+            folds["ap"].append(float(average_precision_score(target, clf.predict_proba(x_test)[:, 1])))
+    out = {k: statistics.mean(v) for k, v in folds.items() if v}
+    out["score"] = out["f1"] if change else out["miou"]
+    out["folds_score"] = folds["f1"] if change else folds["miou"]
+    return out
+
+
+def parse_runs(args: argparse.Namespace) -> dict[str, tuple[Path, str]]:
+    """``label=root:variant,...`` (or ``--root`` with ``--variants``) -> {label: (root, variant)}."""
+    if not args.runs:
+        return {v: (Path(args.root), v) for v in args.variants.split(",")}
+    runs = {}
+    for item in args.runs.split(","):
+        label, sep, spec = item.partition("=")
+        root, sep2, variant = spec.rpartition(":")
+        if not (sep and sep2 and label and root and variant):
+            sys.exit(f"--runs item {item!r}: expected label=root:variant, e.g. full=runs/bench/std_hr:full")
+        runs[label] = (Path(root), variant)
+    return runs
+
+
+def _value(rows: dict[str, Any], label: str, seed: int, metric: str) -> float | None:
+    return rows.get(f"{label} (seed {seed})", {}).get("all", {}).get(metric)
+
+
+def paired(rows: dict[str, Any], tasks: list[str], seeds: list[int], base: str) -> list[dict[str, Any]]:
+    """Per task, metric (``score``, and ``ap`` for change) and run label: the mean over seeds of the
+    all-stage probe, and the same-seed differences against ``base``."""
+    labels = sorted({k.rsplit(" (seed", 1)[0] for k in rows[tasks[0]] if "(seed" in k})
+    out = []
+    for task in tasks:
+        for metric in ("score", "ap"):
+            if metric not in rows[task]["colour (mean RGB)"]["all"]:
+                continue
+            for label in labels:
+                val = {s: _value(rows[task], label, s, metric) for s in seeds}
+                ref = {s: _value(rows[task], base, s, metric) for s in seeds}
+                have = [s for s in seeds if val[s] is not None]
+                diffs = [val[s] - ref[s] for s in have if ref[s] is not None]
+                out.append({
+                    "task": task, "metric": metric, "run": label, "seeds": have,
+                    "mean": statistics.mean(val[s] for s in have) if have else None,
+                    "diffs": diffs, "mean_diff": statistics.mean(diffs) if diffs else None,
+                })  # fmt: skip
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default="runs/bench/std_hr", help="bench/linear_probe.py --out of the runs")
+    p.add_argument("--runs", default="", help="label=root:variant,... (root = a bench/linear_probe.py --out)")
+    p.add_argument("--root", default="runs/bench/std_hr", help="without --runs: one root ...")
+    p.add_argument("--variants", default="full,image_only", help="... and its variants")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--variants", default="full,image_only")
-    p.add_argument("--size", type=int, default=256, help="tiles are probed at this side")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"any of {','.join(TASKS)}")
+    p.add_argument("--baseline", default="image_only", help="the run label the others are paired with")
     p.add_argument("--tag", default="")
     args = p.parse_args()
     common.setup()
-    images, labels = load_tiles(args.size)
-    print(
-        f"LoveDA: {images.shape[0]} tiles at {args.size} px, labels {tuple(labels.shape[1:])}, "
-        f"{int((labels >= 0).sum())} labelled cells"
-    )
-    rows: dict[str, dict[str, Any]] = {"colour (mean RGB)": {"all": probe(colour_features(images), labels)}}
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    from threadpoolctl import threadpool_limits  # scikit-learn's BLAS would take every core
+
+    threadpool_limits(common.THREADS)
+    runs, seeds = parse_runs(args), [int(s) for s in args.seeds.split(",")]
+    tasks = {name: load_task(name) for name in args.tasks.split(",")}
+    for t in tasks.values():
+        cells = int((t.labels >= 0).sum())
+        print(f"{t.name}: {t.images.shape[0]} images at {t.images.shape[-1]} px, {cells} labelled cells")
+    rows: dict[str, dict[str, Any]] = {}  # task -> features (seed) -> stages -> metrics
+    for name, t in tasks.items():
+        rows[name] = {
+            "colour (mean RGB)": {"all": probe(task_features(colour_features, t, "all"), t.labels, t.change)}
+        }
+    for seed in seeds:
         encoders: dict[str, Any] = {}
-        for name in args.variants.split(","):
-            ckpt = Path(args.root) / f"seed{seed}" / name / CKPT
-            if not ckpt.exists():
-                print(f"skip {ckpt}: not found")
+        cfg = None
+        for label, (root, variant) in runs.items():
+            path = root / f"seed{seed}" / variant / CKPT
+            if not path.exists():
+                print(f"skip {path}: not found")
                 continue
-            encoders[name] = lambda c=ckpt: load_encoder(c)
-        if not encoders:
+            ck = load_checkpoint(path)  # read once: the encoder and, for the first, the config
+            encoders[label] = load_encoder(ck)
+            cfg = cfg or from_dict(TrainConfig, ck["config"])
+        if cfg is None:
             continue
-        first = Path(args.root) / f"seed{seed}" / next(iter(encoders)) / CKPT
-        cfg = from_dict(TrainConfig, load_checkpoint(first)["config"])  # the variants share the model
-        encoders["random_init"] = lambda cfg=cfg: initial_encoder(cfg)  # the run's starting weights
-        for name, build in encoders.items():
-            enc = build()
-            rows[f"{name} (seed {seed})"] = {
-                s: probe(dense_features(enc, images, s), labels) for s in ("all", "last")
-            }
-    print("| features | stages | pixel acc % | mIoU % | mIoU per fold |")
-    print("|---|---|---:|---:|---|")
-    for name, r in rows.items():
-        for s, m in r.items():
-            folds = " / ".join(f"{100 * v:.1f}" for v in m["folds_miou"])
-            print(f"| {name} | {s} | {100 * m['pixel_acc']:.1f} | {100 * m['miou']:.1f} | {folds} |")
+        encoders["random_init"] = initial_encoder(cfg)  # the runs' starting weights (one per seed)
+        for label, enc in encoders.items():
+            extract = lambda x, s, enc=enc: dense_features(enc, x, s)  # noqa: E731
+            for name, t in tasks.items():
+                rows[name][f"{label} (seed {seed})"] = {
+                    s: probe(task_features(extract, t, s), t.labels, t.change) for s in ("all", "last")
+                }
+    print("| task | features | stages | score % | pixel acc % | score per fold |")
+    print("|---|---|---|---:|---:|---|")
+    for task, r in rows.items():
+        for name, by_stage in r.items():
+            for s, m in by_stage.items():
+                folds = " / ".join(f"{100 * v:.1f}" for v in m["folds_score"])
+                score, acc = 100 * m["score"], 100 * m["pixel_acc"]
+                print(f"| {task} | {name} | {s} | {score:.1f} | {acc:.1f} | {folds} |")
+    summary = paired(rows, list(tasks), seeds, args.baseline)
+    print(f"\nall stages; score = mIoU (LEVIR-CD: change F1; ap: its average precision); vs {args.baseline}")
+    print("| task | metric | run | seeds | mean % | same-seed diffs | mean diff |")
+    print("|---|---|---|---|---:|---|---:|")
+    for m in summary:
+        if m["mean"] is None:
+            continue
+        diffs = ", ".join(f"{100 * d:+.1f}" for d in m["diffs"])
+        mean_diff = "" if m["mean_diff"] is None else f"{100 * m['mean_diff']:+.1f}"
+        seeds_txt = ",".join(map(str, m["seeds"]))
+        name = f"{m['task']} | {m['metric']} | {m['run']}"
+        print(f"| {name} | {seeds_txt} | {100 * m['mean']:.1f} | {diffs} | {mean_diff} |")
     out = common.RESULTS / f"dense_probe{args.tag}.json"
-    out.write_text(json.dumps({"machine": common.machine(), "args": vars(args), "rows": rows}, indent=1))
+    record = {"machine": common.machine(), "args": vars(args), "tasks": TASKS, "rows": rows}
+    out.write_text(json.dumps({**record, "paired": summary}, indent=1))
     print(f"wrote {out}")
 
 

@@ -820,11 +820,12 @@ def initial_encoder(cfg: TrainConfig, grad_checkpointing: bool = False) -> SkySe
     return build_model(model_config(cfg), grad_checkpointing=grad_checkpointing)
 
 
-def load_encoder(path: str | Path, which: str = "teacher") -> SkySense:
-    """The pre-trained encoder (``teacher``, as DINO evaluates, or ``student``) of a run's checkpoint."""
+def load_encoder(ckpt: str | Path | dict[str, Any], which: str = "teacher") -> SkySense:
+    """The pre-trained encoder (``teacher``, as DINO evaluates, or ``student``) of a run's checkpoint:
+    its path, or the dict ``load_checkpoint`` already read (to read a large file once)."""
     if which not in ("teacher", "student"):
         raise ValueError(f"which={which!r}: use 'teacher' or 'student'")
-    ck = load_checkpoint(path)
+    ck = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)
     cfg = from_dict(TrainConfig, ck["config"])
     model = build_model(model_config(cfg))
     prefix = "backbone."

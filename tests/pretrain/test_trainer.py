@@ -365,6 +365,10 @@ def test_fsdp2_two_ranks_matches_ddp_and_resumes_exactly(tmp_path):
     assert ck["optimizer_format"] == "fqn" and ck["step"] == 3
     model = trainer.load_encoder(tmp_path / "fsdp" / "last.ckpt")  # loads like any checkpoint
     assert sum(p.numel() for p in model.parameters()) > 0
+    again = trainer.load_encoder(ck).state_dict()  # the dict already read gives the same encoder
+    for k, v in model.state_dict().items():
+        assert torch.equal(again[k], v), k
+        assert torch.equal(v, ck["teacher"]["backbone." + k]), k
 
 
 def test_folder_source_pretrains_hr_s2_s1_from_geotiffs(tmp_path):
