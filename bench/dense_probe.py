@@ -210,6 +210,38 @@ def paired(rows: dict[str, Any], tasks: list[str], seeds: list[int], base: str) 
     return out
 
 
+def plot_pairs(summary: list[dict[str, Any]], base: str, path: Path) -> None:
+    """One panel per task and metric: each run's same-seed differences against ``base`` (dots) and their
+    mean (bar), in points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys((m["task"], m["metric"]) for m in summary))  # in task order
+    runs = sorted({m["run"] for m in summary if m["run"] != base and m["diffs"]})
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.45 * len(runs) + 1.2), sharey=True)
+    for ax, (task, metric) in zip(np.atleast_1d(axes), panels):
+        for y, run in enumerate(runs):
+            m = next((m for m in summary if (m["task"], m["metric"], m["run"]) == (task, metric, run)), None)
+            if not m or not m["diffs"]:
+                continue
+            d = [100 * v for v in m["diffs"]]
+            mean = statistics.mean(d)
+            ax.barh(y, mean, color="tab:blue" if mean > 0 else "tab:red", alpha=0.35)
+            ax.plot(d, [y] * len(d), "k.", ms=5)
+        ax.axvline(0, color="grey", lw=0.8)
+        name = {"score": "change F1" if task == "levir_cd" else "mIoU", "ap": "change AP"}[metric]
+        ax.set_title(f"{task}: {name}", fontsize=9)
+        ax.set_xlabel(f"minus {base}, points")
+    ax0 = np.atleast_1d(axes)[0]
+    ax0.set_yticks(range(len(runs)), runs, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="", help="label=root:variant,... (root = a bench/linear_probe.py --out)")
@@ -219,6 +251,7 @@ def main() -> None:
     p.add_argument("--tasks", default=",".join(TASKS), help=f"any of {','.join(TASKS)}")
     p.add_argument("--baseline", default="image_only", help="the run label the others are paired with")
     p.add_argument("--tag", default="")
+    p.add_argument("--plot", default="", help="PNG of the same-seed pairs (runs/bench/dense_probe{tag}.png)")
     args = p.parse_args()
     common.setup()
     from threadpoolctl import threadpool_limits  # scikit-learn's BLAS would take every core
@@ -277,7 +310,9 @@ def main() -> None:
     out = common.RESULTS / f"dense_probe{args.tag}.json"
     record = {"machine": common.machine(), "args": vars(args), "tasks": TASKS, "rows": rows}
     out.write_text(json.dumps({**record, "paired": summary}, indent=1))
-    print(f"wrote {out}")
+    png = Path(args.plot or f"runs/bench/dense_probe{args.tag}.png")
+    plot_pairs(summary, args.baseline, png)
+    print(f"wrote {out} and {png}")
 
 
 if __name__ == "__main__":
