@@ -2,7 +2,7 @@
 
     python bench/dense_probe.py --runs image_only=runs/bench/std_hr:image_only,full=runs/bench/std_hr:full \\
         --seeds 0,1,2,3 --tag _suite
-    python bench/dense_probe.py --root runs/bench/std_hr --seeds 0,1,2 --variants full,image_only  # or so
+    python bench/dense_probe.py --root runs/bench/std_hr --seeds 0,1,2 --variants full,image_only  # one root
 
 The AID scene probe of ``bench/linear_probe.py`` pools every map to one vector, so it can only reward
 what the image-level term teaches. These probes keep the maps. The frozen hr teacher of each run (and the
@@ -127,6 +127,7 @@ def dense_features(encoder: Any, images: torch.Tensor, stages: str) -> torch.Ten
 
 
 def colour_features(images: torch.Tensor, stages: str = "all") -> torch.Tensor:
+    """(N, 3, S, S) -> (N, S/4, S/4, 3) mean RGB per cell; ``stages`` only matches ``dense_features``."""
     return F.avg_pool2d(images, 4).permute(0, 2, 3, 1)  # (N, S/4, S/4, 3)
 
 
@@ -267,26 +268,26 @@ def main() -> None:
         rows[name] = {
             "colour (mean RGB)": {"all": probe(task_features(colour_features, t, "all"), t.labels, t.change)}
         }
+
+    def probe_all(label: str, encoder: Any, seed: int) -> None:
+        extract = lambda x, s: dense_features(encoder, x, s)  # noqa: E731
+        for name, t in tasks.items():
+            rows[name][f"{label} (seed {seed})"] = {
+                s: probe(task_features(extract, t, s), t.labels, t.change) for s in ("all", "last")
+            }
+
     for seed in seeds:
-        encoders: dict[str, Any] = {}
         cfg = None
-        for label, (root, variant) in runs.items():
+        for label, (root, variant) in runs.items():  # one encoder in memory at a time
             path = root / f"seed{seed}" / variant / CKPT
             if not path.exists():
                 print(f"skip {path}: not found")
                 continue
             ck = load_checkpoint(path)  # read once: the encoder and, for the first, the config
-            encoders[label] = load_encoder(ck)
+            probe_all(label, load_encoder(ck), seed)
             cfg = cfg or from_dict(TrainConfig, ck["config"])
-        if cfg is None:
-            continue
-        encoders["random_init"] = initial_encoder(cfg)  # the runs' starting weights (one per seed)
-        for label, enc in encoders.items():
-            extract = lambda x, s, enc=enc: dense_features(enc, x, s)  # noqa: E731
-            for name, t in tasks.items():
-                rows[name][f"{label} (seed {seed})"] = {
-                    s: probe(task_features(extract, t, s), t.labels, t.change) for s in ("all", "last")
-                }
+        if cfg is not None:
+            probe_all("random_init", initial_encoder(cfg), seed)  # the runs' starting weights
     print("| task | features | stages | score % | pixel acc % | score per fold |")
     print("|---|---|---|---:|---:|---|")
     for task, r in rows.items():
