@@ -117,25 +117,24 @@ def load_task(name: str) -> Task:
 
 
 @torch.no_grad()
-def dense_features(encoder: Any, images: torch.Tensor, stages: str) -> torch.Tensor:
-    """(N, 3, S, S) -> (N, S/4, S/4, C): stage maps upsampled to stride 4 and concatenated (fp32)."""
+def dense_features(encoder: Any, images: torch.Tensor) -> list[torch.Tensor]:
+    """(N, 3, S, S) -> per stage (N, S/4, S/4, C_i): the stage maps upsampled to stride 4 (fp32)."""
     maps = encoder.encoders["hr"].eval()(normalise_hr(images))  # 4 x (N, C_i, h_i, w_i)
-    maps = maps if stages == "all" else maps[-1:]
     side = images.shape[-1] // 4
     up = [F.interpolate(m.float(), size=(side, side), mode="bilinear", align_corners=False) for m in maps]
-    return torch.cat(up, dim=1).permute(0, 2, 3, 1)
+    return [m.permute(0, 2, 3, 1) for m in up]
 
 
-def colour_features(images: torch.Tensor, stages: str = "all") -> torch.Tensor:
-    """(N, 3, S, S) -> (N, S/4, S/4, 3) mean RGB per cell; ``stages`` only matches ``dense_features``."""
-    return F.avg_pool2d(images, 4).permute(0, 2, 3, 1)  # (N, S/4, S/4, 3)
+def colour_features(images: torch.Tensor) -> list[torch.Tensor]:
+    """(N, 3, S, S) -> [(N, S/4, S/4, 3)]: mean RGB per cell, as one 'stage'."""
+    return [F.avg_pool2d(images, 4).permute(0, 2, 3, 1)]
 
 
-def task_features(extract: Any, task: Task, stages: str) -> torch.Tensor:
-    """Per-cell features of a task: the maps, or for change pairs ``|f_before - f_after|``."""
+def task_features(extract: Any, task: Task) -> list[torch.Tensor]:
+    """Per-cell features of a task, per stage: the maps, or for change pairs ``|f_before - f_after|``."""
     if not task.change:
-        return extract(task.images, stages)
-    return (extract(task.images[:, 0], stages) - extract(task.images[:, 1], stages)).abs()
+        return extract(task.images)
+    return [(a - b).abs() for a, b in zip(extract(task.images[:, 0]), extract(task.images[:, 1]))]
 
 
 def probe(feats: torch.Tensor, labels: torch.Tensor, change: bool = False, block: int = 16) -> dict[str, Any]:
@@ -189,10 +188,11 @@ def _value(rows: dict[str, Any], label: str, seed: int, metric: str) -> float | 
     return rows.get(f"{label} (seed {seed})", {}).get("all", {}).get(metric)
 
 
-def paired(rows: dict[str, Any], tasks: list[str], seeds: list[int], base: str) -> list[dict[str, Any]]:
+def paired(
+    rows: dict[str, Any], tasks: list[str], labels: list[str], seeds: list[int], base: str
+) -> list[dict[str, Any]]:
     """Per task, metric (``score``, and ``ap`` for change) and run label: the mean over seeds of the
     all-stage probe, and the same-seed differences against ``base``."""
-    labels = sorted({k.rsplit(" (seed", 1)[0] for k in rows[tasks[0]] if "(seed" in k})
     out = []
     for task in tasks:
         for metric in ("score", "ap"):
@@ -265,15 +265,15 @@ def main() -> None:
         print(f"{t.name}: {t.images.shape[0]} images at {t.images.shape[-1]} px, {cells} labelled cells")
     rows: dict[str, dict[str, Any]] = {}  # task -> features (seed) -> stages -> metrics
     for name, t in tasks.items():
-        rows[name] = {
-            "colour (mean RGB)": {"all": probe(task_features(colour_features, t, "all"), t.labels, t.change)}
-        }
+        colour = task_features(colour_features, t)[0]
+        rows[name] = {"colour (mean RGB)": {"all": probe(colour, t.labels, t.change)}}
 
     def probe_all(label: str, encoder: Any, seed: int) -> None:
-        extract = lambda x, s: dense_features(encoder, x, s)  # noqa: E731
         for name, t in tasks.items():
+            maps = task_features(lambda x: dense_features(encoder, x), t)  # one forward per image
             rows[name][f"{label} (seed {seed})"] = {
-                s: probe(task_features(extract, t, s), t.labels, t.change) for s in ("all", "last")
+                "all": probe(torch.cat(maps, dim=-1), t.labels, t.change),
+                "last": probe(maps[-1], t.labels, t.change),
             }
 
     for seed in seeds:
@@ -296,7 +296,7 @@ def main() -> None:
                 folds = " / ".join(f"{100 * v:.1f}" for v in m["folds_score"])
                 score, acc = 100 * m["score"], 100 * m["pixel_acc"]
                 print(f"| {task} | {name} | {s} | {score:.1f} | {acc:.1f} | {folds} |")
-    summary = paired(rows, list(tasks), seeds, args.baseline)
+    summary = paired(rows, list(tasks), sorted([*runs, "random_init"]), seeds, args.baseline)
     print(f"\nall stages; score = mIoU (LEVIR-CD: change F1; ap: its average precision); vs {args.baseline}")
     print("| task | metric | run | seeds | mean % | same-seed diffs | mean diff |")
     print("|---|---|---|---|---:|---|---:|")
