@@ -193,6 +193,7 @@ def main() -> None:
     p.add_argument("--seeds", default="", help="e.g. 0,1,2: repeat everything per seed in --out/seed{N}")
     p.add_argument("--quick", action="store_true", help="smoke run: no JSON in bench/results")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--pretrain-only", action="store_true", help="pre-train, probe nothing (e.g. on a GPU)")
     args = p.parse_args()
     common.setup()
     root = data_root() / "aid"
@@ -201,6 +202,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds: list[int | None] = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
+    if args.pretrain_only:  # the probes run later, on the same --out, and find the runs done
+        for seed in seeds:
+            for name in args.variants.split(","):
+                _, step, seconds = pretrain(name, args, out if seed is None else out / f"seed{seed}", seed)
+                print(f"{name} (seed {seed}): {step} steps, {seconds:.0f} s of steps")
+        return
 
     t0 = time.perf_counter()
     splits = {

@@ -85,12 +85,9 @@ class LossConfig:
                     f"pretrain.loss.levels[{stream!r}]={list(names)}: keys must be among streams "
                     f"{list(self.streams)} and values among pix, obj, img"
                 )
-        for g, w in self.weights.items():
-            try:
-                value = float(w)  # YAML reads 1e-1 as the string "1e-1"
-            except (TypeError, ValueError):
-                value = math.nan
-            if g not in GRANULARITIES or isinstance(w, bool) or not (math.isfinite(value) and value >= 0):
+        for g, w in self.weights.items():  # configs from YAML arrive as floats (trainer.from_dict)
+            number = isinstance(w, (int, float)) and not isinstance(w, bool)
+            if g not in GRANULARITIES or not (number and math.isfinite(w) and w >= 0):
                 raise ValueError(
                     f"pretrain.loss.weights[{g!r}]={w!r}: keys must be among pix, obj, img and weights "
                     "finite numbers >= 0"

@@ -38,6 +38,7 @@ import math
 import os
 import random
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,21 +129,38 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- config from dicts
 
 
+def _as_float(value: Any) -> Any:
+    """YAML reads 1e-4 as a string: a number or numeric string as float, anything else as it is (the
+    dataclass's own check names the field)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def from_dict(cls: Any, d: dict[str, Any]) -> Any:
-    """A dataclass from a nested dict; lists become tuples where the default is a tuple."""
+    """A dataclass from a nested dict; lists become tuples where the default is a tuple, numbers
+    floats where the field is a float or a ``dict[str, float]``."""
     default = cls()
+    hints = typing.get_type_hints(cls)
     kw: dict[str, Any] = {}
     for key, value in d.items():
         if not hasattr(default, key):
             known = sorted(f.name for f in dataclasses.fields(cls))
             raise ValueError(f"unknown {cls.__name__} key {key!r}; known: {known}")
-        cur = getattr(default, key)
+        cur, hint = getattr(default, key), hints.get(key)
         if dataclasses.is_dataclass(cur) and isinstance(value, dict):
             value = from_dict(type(cur), value)
         elif isinstance(cur, tuple) and isinstance(value, list):
             value = tuple(value)
-        elif isinstance(cur, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
-            value = float(value)  # YAML reads 1e-4 as a string
+        elif hint is float:
+            value = _as_float(value)
+            if isinstance(value, str):
+                raise ValueError(f"{cls.__name__} {key}={value!r}: expected a number")
+        elif isinstance(value, dict) and hint == dict[str, float]:
+            value = {k: _as_float(v) for k, v in value.items()}
         kw[key] = value
     return dataclasses.replace(default, **kw)
 

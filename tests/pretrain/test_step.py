@@ -10,6 +10,7 @@ from skysense.pretrain.heads import HeadConfig
 from skysense.pretrain.losses import LossConfig
 from skysense.pretrain.step import PretrainConfig, build_pretrain, pretrain_step
 from skysense.pretrain.teacher import ema_update_
+from skysense.pretrain.trainer import TrainConfig, apply_overrides, from_dict
 from skysense.pretrain.views import ViewConfig
 
 B = 2
@@ -256,8 +257,12 @@ def test_bad_weights_are_refused(weights):
 
 
 def test_weights_from_yaml_strings():
-    assert LossConfig(weights={"pix": "1e-1"}).weight("pix") == pytest.approx(0.1)  # YAML's 1e-1
-    assert LossConfig().weight("obj") == 1.0
+    d = apply_overrides({}, ["pretrain.loss.weights={pix: 1e-1, obj: 2}", "lr=5e-4"])  # YAML: "1e-1"
+    cfg = from_dict(TrainConfig, d)
+    assert cfg.pretrain.loss.weights == {"pix": 0.1, "obj": 2.0} and cfg.lr == 5e-4
+    assert cfg.pretrain.loss.weight("img") == 1.0
+    with pytest.raises(ValueError, match=r"weights\['pix'\]='x'"):
+        from_dict(TrainConfig, apply_overrides({}, ["pretrain.loss.weights={pix: x}"]))
 
 
 @pytest.mark.parametrize("levels", [{"hr": ("pixel",)}, {"s1": ("img",)}])

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The recorded AID recipe (configs/pretrain/aid_hr_cpu.yaml, 4 local crops, batch 64, fp32) at a larger
+# step budget on a lent GPU: full MGCL and image-level only, run side by side on the one GPU. Only the
+# pre-training runs there; the probes run afterwards on the CPU with the same arguments:
+#   python bench/linear_probe.py --seeds 0,1 --steps S --local-crops 4 --out runs/bench/gpu --tag _gpu
+# after unpacking the returned checkpoints into runs/bench/gpu/seed{N}/{variant}/ (see BENCHMARKS.md).
+#
+# Run from the repository root on the device machine, carrying .whl (rasterio) and .gpudata: the AID
+# train split held at 128 px as on the CPU, re-encoded as JPEG (quality 85, to fit the 64-MiB transfer).
+# A pilot of 40 steps, two and then four runs at once, measures the step time; the runs then get the most
+# steps that end inside BUDGET_S seconds of the script's start (multiples of 500, at most MAX_STEPS):
+# four runs (seeds 0 and 1) if 7,000 steps fit, else two (seed 0) if 5,000 fit, else none.
+# The tiny model is launch-bound on a GPU (~10k kernels a step), so more runs at once cost little more.
+set -u
+BUDGET_S=${BUDGET_S:-490}
+MAX_STEPS=${MAX_STEPS:-14000}
+PILOT=${PILOT:-40}
+SEEDS=${SEEDS:-"0 1"}
+BATCH=${BATCH:-64}
+LR=${LR:-2.5e-4}
+MIN_STEPS=${MIN_STEPS:-1000} ROUND=${ROUND:-100}  # smaller values test the script on a CPU
+OUT=${OUT:-/tmp/out}
+PY=${PY:-python3}
+START=$(date +%s)
+[ -n "${NO_WHEELS:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD SKYSENSE_DATA=$PWD/.gpudata PYTHONUNBUFFERED=1 SKYSENSE_BENCH_THREADS=2
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import torch; print(torch.cuda.is_available())" && $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+
+run() {  # run SEED VARIANT STEPS DIR
+  $PY bench/linear_probe.py --pretrain-only --quiet --seeds "$1" --variants "$2" --steps "$3" \
+    --local-crops 4 --batch "$BATCH" --set lr="$LR" --out "$4" >"$4.$1.$2.log" 2>&1
+}
+pilot_time() {  # slowest median step time (s) of the runs under DIR, steps past the first half
+  $PY - "$1" <<'EOF'
+import csv, statistics, sys
+from pathlib import Path
+ts = []
+for f in Path(sys.argv[1]).rglob("metrics.csv"):
+    rows = list(csv.DictReader(f.open()))
+    ts.append(statistics.median(float(r["time"]) for r in rows[len(rows) // 2 :]))
+print(max(ts) if ts else 1e9)
+EOF
+}
+mkdir -p /tmp/pilot
+for s in $SEEDS; do run $s full $PILOT /tmp/pilot & run $s image_only $PILOT /tmp/pilot & done; wait
+T=$(pilot_time /tmp/pilot)
+LEFT=$((BUDGET_S - ($(date +%s) - START) - 30))  # 30 s: start-up of the runs and packing
+STEPS=$($PY -c "print(min($MAX_STEPS, int($LEFT / (1.1 * $T) // $ROUND * $ROUND)))")
+echo "pilot: ${T} s/step with every run at once; ${LEFT} s left -> ${STEPS} steps (at least $MIN_STEPS to run)"
+if [ "$STEPS" -ge "$MIN_STEPS" ]; then
+  mkdir -p runs/bench/gpu
+  for s in $SEEDS; do run $s full $STEPS runs/bench/gpu & run $s image_only $STEPS runs/bench/gpu & done; wait
+fi
+# Back to the CPU: the teacher of each run (what the probes read) and the logs; no optimiser state.
+mkdir -p "$OUT"
+$PY - "$OUT" <<'EOF'
+import sys, torch
+from pathlib import Path
+for ck in Path("runs/bench/gpu").glob("seed*/*/last.ckpt"):
+    c = torch.load(ck, map_location="cpu", weights_only=True)
+    keep = {k: c[k] for k in ("config", "step", "teacher")}
+    torch.save(keep, Path(sys.argv[1]) / f"{ck.parent.parent.name}_{ck.parent.name}.ckpt")
+EOF
+tar czf "$OUT/logs.tgz" --exclude='*.ckpt' runs/bench/gpu /tmp/pilot /tmp/pilot.* runs/bench/gpu.* 2>/dev/null
+ls -la "$OUT"; for f in runs/bench/gpu.*.log; do echo "$f: $(tail -c 300 "$f")"; done
+echo "done in $(($(date +%s) - START)) s"
