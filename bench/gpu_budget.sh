@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
-# The recorded AID recipe (configs/pretrain/aid_hr_cpu.yaml, 4 local crops, batch 64, fp32) at a larger
-# step budget on a lent GPU: full MGCL and image-level only, run side by side on the one GPU. Only the
-# pre-training runs there; the probes run afterwards on the CPU with the same arguments:
-#   python bench/linear_probe.py --seeds 0,1 --steps S --local-crops 4 --out runs/bench/gpu --tag _gpu
-# after unpacking the returned checkpoints into runs/bench/gpu/seed{N}/{variant}/ (see BENCHMARKS.md).
-#
+# The AID recipe (configs/pretrain/aid_hr_cpu.yaml, 4 local crops, fp32) on a lent GPU: full MGCL and
+# image-level only for SEEDS, every run at once on the one GPU (the tiny model leaves it mostly idle).
+# Only the pre-training runs there; the probes run afterwards on the CPU, with the same arguments, on
+# the teachers this script returns (unpacked into runs/bench/gpu/seed{N}/{variant}/, BENCHMARKS.md):
+#   python bench/linear_probe.py --seeds 0,1 --steps S --local-crops 4 --batch B --set lr=LR \
+#     --out runs/bench/gpu --tag _gpu
 # Run from the repository root on the device machine, carrying .whl (rasterio) and .gpudata: the AID
-# train split held at 128 px as on the CPU, re-encoded as JPEG (quality 85, to fit the 64-MiB transfer).
-# A pilot of 40 steps, two and then four runs at once, measures the step time; the runs then get the most
-# steps that end inside BUDGET_S seconds of the script's start (multiples of 500, at most MAX_STEPS):
-# four runs (seeds 0 and 1) if 7,000 steps fit, else two (seed 0) if 5,000 fit, else none.
-# The tiny model is launch-bound on a GPU (~10k kernels a step), so more runs at once cost little more.
+# train split held at 128 px as on the CPU, re-encoded as JPEG by bench/gpu_data.py.
+# A pilot of PILOT steps with every run at once measures the step time; the runs then get the most steps
+# (multiples of ROUND, at most MAX_STEPS) that end inside BUDGET_S seconds of the script's start, or
+# none if that is under MIN_STEPS. Session 15: BUDGET_S=440 PILOT=30 BATCH=512 LR=7e-4 MIN_STEPS=600.
 set -u
 BUDGET_S=${BUDGET_S:-490}
 MAX_STEPS=${MAX_STEPS:-14000}

@@ -1,0 +1,35 @@
+"""The AID train split as bench/gpu_budget.sh carries it to a lent GPU: held at 128 px as the pre-training
+sees it (``load_scenes``), re-encoded as JPEG (quality 85: ~23 MB, with rasterio's wheel inside the
+device's 64-MiB transfer) in .gpudata/aid/<class>/<id> (git-ignored; never committed).
+
+    python bench/gpu_data.py  # then: SKYSENSE_DATA=.gpudata load_scenes(..., "train", 128) has the same ids
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from skysense.data.root import data_root
+from skysense.data.scenes import load_scenes
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    root = data_root() / "aid"
+    if not root.is_dir():
+        sys.exit(f"AID not found at {root}: set SKYSENSE_DATA to the shared data folder")
+    scenes = load_scenes(root, "train", 128)
+    out = REPO / ".gpudata/aid"
+    for image, name in zip(scenes.images, scenes.ids):
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(path, format="JPEG", quality=85)
+    print(f"{len(scenes.ids)} scenes in {out}")
+
+
+if __name__ == "__main__":
+    main()
