@@ -263,6 +263,8 @@ def test_weights_from_yaml_strings():
     assert cfg.pretrain.loss.weight("img") == 1.0
     with pytest.raises(ValueError, match=r"weights\['pix'\]='x'"):
         from_dict(TrainConfig, apply_overrides({}, ["pretrain.loss.weights={pix: x}"]))
+    with pytest.raises(ValueError, match="lr='abc': expected a number"):
+        from_dict(TrainConfig, apply_overrides({}, ["lr=abc"]))
 
 
 @pytest.mark.parametrize("levels", [{"hr": ("pixel",)}, {"s1": ("img",)}])
