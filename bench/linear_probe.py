@@ -202,10 +202,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds: list[int | None] = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
+    bases = {seed: out if seed is None else out / f"seed{seed}" for seed in seeds}
     if args.pretrain_only:  # the probes run later, on the same --out, and find the runs done
         for seed in seeds:
             for name in args.variants.split(","):
-                _, step, seconds = pretrain(name, args, out if seed is None else out / f"seed{seed}", seed)
+                _, step, seconds = pretrain(name, args, bases[seed], seed)
                 print(f"{name} (seed {seed}): {step} steps, {seconds:.0f} s of steps")
         return
 
@@ -221,7 +222,7 @@ def main() -> None:
     by_seed: dict[int, dict[str, dict[str, Any]]] = {}  # seed -> {"method @ probe": result}
     cfg = None
     for seed in seeds:
-        base = out if seed is None else out / f"seed{seed}"
+        base = bases[seed]
         jobs = []
         for name in args.variants.split(","):
             cfg, step, seconds = pretrain(name, args, base, seed)
