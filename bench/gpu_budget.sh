@@ -2,7 +2,9 @@
 # The AID recipe (configs/pretrain/aid_hr_cpu.yaml, 4 local crops, fp32) on a lent GPU: full MGCL and
 # image-level only for SEEDS, every run at once on the one GPU (the tiny model leaves it mostly idle).
 # Only the pre-training runs there; the probes run afterwards on the CPU, with the same arguments, on
-# the teachers this script returns (unpacked into runs/bench/gpu/seed{N}/{variant}/, BENCHMARKS.md):
+# the teachers this script returns in $OUT, unpacked here from the folder F they arrive in:
+#   (cd runs/bench && tar xzf F/logs.tgz --strip-components=2 runs/bench/gpu)
+#   for f in F/seed*.ckpt; do n=$(basename $f .ckpt); cp $f runs/bench/gpu/${n%%_*}/${n#*_}/last.ckpt; done
 #   python bench/linear_probe.py --seeds 0,1 --steps S --local-crops 4 --batch B --set lr=LR \
 #     --out runs/bench/gpu --tag _gpu
 # Run from the repository root on the device machine, carrying .whl (rasterio) and .gpudata: the AID
@@ -25,7 +27,7 @@ START=$(date +%s)
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD SKYSENSE_DATA=$PWD/.gpudata PYTHONUNBUFFERED=1 SKYSENSE_BENCH_THREADS=2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$PY -c "import torch; print(torch.cuda.is_available())" && $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
 
 run() {  # run SEED VARIANT STEPS DIR
   $PY bench/linear_probe.py --pretrain-only --quiet --seeds "$1" --variants "$2" --steps "$3" \
