@@ -7,12 +7,15 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from skysense.data.root import data_root
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Quoted figures use 2; SKYSENSE_BENCH_THREADS=1 runs two benchmarks side by side, one core each.
@@ -23,6 +26,14 @@ def setup(threads: int = THREADS) -> None:
     """Fix the thread count (the benchmarks are quoted at 2 threads) and silence nothing else."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+
+
+def data_folder(*parts: str) -> Path:
+    """A folder of the shared data (``$SKYSENSE_DATA``, read in place); exits saying so if it is absent."""
+    root = data_root().joinpath(*parts)
+    if not root.is_dir():
+        sys.exit(f"skip: {root} not found (set SKYSENSE_DATA to the shared data folder)")
+    return root
 
 
 def cpu_model() -> str:

@@ -46,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from skysense.data.datasets import ChangeDetection, Segmentation  # noqa: E402
-from skysense.data.root import data_root  # noqa: E402
 from skysense.data.scenes import normalise_hr  # noqa: E402
 from skysense.pretrain.trainer import (  # noqa: E402
     CKPT,
@@ -86,23 +85,16 @@ def _labels(y: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(y, size=(size // 4, size // 4), mode="nearest")[0, 0].long()
 
 
-def _folder(*parts: str) -> Path:
-    root = data_root().joinpath(*parts)
-    if not root.is_dir():
-        sys.exit(f"skip: {root} not found (set SKYSENSE_DATA to the shared data folder)")
-    return root
-
-
 def load_segmentation(name: str, size: int) -> Task:
     # LoveDA: 0 = no-data, classes 1-7; Potsdam: classes 0-5
-    ds = Segmentation(_folder("seg_samples", name), reduce_zero_label=name == "loveda")
+    ds = Segmentation(common.data_folder("seg_samples", name), reduce_zero_label=name == "loveda")
     samples = [ds[i] for i in range(len(ds))]
     images = torch.cat([_resize(s["hr"], size) for s in samples])
     return Task(name, images, torch.stack([_labels(s["target"], size) for s in samples]))
 
 
 def load_change(size: int) -> Task:
-    ds = ChangeDetection(_folder("levir_cd"))  # pairs without a label are skipped
+    ds = ChangeDetection(common.data_folder("levir_cd"))  # pairs without a label are skipped
     samples = [ds[i] for i in range(len(ds))]
     pairs = [torch.cat([_resize(s["hr_pre"], size), _resize(s["hr_post"], size)]) for s in samples]
     pairs = torch.stack(pairs)  # (N, 2, 3, size, size)

@@ -44,16 +44,16 @@ for f in Path(sys.argv[1]).rglob("metrics.csv"):
 print(max(ts) if ts else 1e9)
 EOF
 }
-mkdir -p /tmp/pilot
-for s in $SEEDS; do run $s full $PILOT /tmp/pilot & run $s image_only $PILOT /tmp/pilot & done; wait
+run_all() {  # run_all STEPS DIR: every seed and variant at once
+  mkdir -p "$2"
+  for s in $SEEDS; do run $s full "$1" "$2" & run $s image_only "$1" "$2" & done; wait
+}
+run_all $PILOT /tmp/pilot
 T=$(pilot_time /tmp/pilot)
 LEFT=$((BUDGET_S - ($(date +%s) - START) - 30))  # 30 s: start-up of the runs and packing
 STEPS=$($PY -c "print(min($MAX_STEPS, int($LEFT / (1.1 * $T) // $ROUND * $ROUND)))")
 echo "pilot: ${T} s/step with every run at once; ${LEFT} s left -> ${STEPS} steps (at least $MIN_STEPS to run)"
-if [ "$STEPS" -ge "$MIN_STEPS" ]; then
-  mkdir -p runs/bench/gpu
-  for s in $SEEDS; do run $s full $STEPS runs/bench/gpu & run $s image_only $STEPS runs/bench/gpu & done; wait
-fi
+[ "$STEPS" -lt "$MIN_STEPS" ] || run_all $STEPS runs/bench/gpu
 # Back to the CPU: the teacher of each run (what the probes read) and the logs; no optimiser state.
 mkdir -p "$OUT"
 $PY - "$OUT" <<'EOF'

@@ -12,17 +12,16 @@ from pathlib import Path
 
 from PIL import Image
 
-from skysense.data.root import data_root
-from skysense.data.scenes import load_scenes
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from skysense.data.scenes import load_scenes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-    root = data_root() / "aid"
-    if not root.is_dir():
-        sys.exit(f"AID not found at {root}: set SKYSENSE_DATA to the shared data folder")
-    scenes = load_scenes(root, "train", 128)
+    scenes = load_scenes(common.data_folder("aid"), "train", 128)
     out = REPO / ".gpudata/aid"
     for image, name in zip(scenes.images, scenes.ids):
         path = out / name

@@ -44,7 +44,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from skysense.data.root import data_root  # noqa: E402
 from skysense.data.scenes import PROBE_FRACTIONS, load_scenes  # noqa: E402
 from skysense.linear_probe import (  # noqa: E402
     handcrafted_features,
@@ -196,9 +195,7 @@ def main() -> None:
     p.add_argument("--pretrain-only", action="store_true", help="pre-train, probe nothing (e.g. on a GPU)")
     args = p.parse_args()
     common.setup()
-    root = data_root() / "aid"
-    if not root.is_dir():
-        sys.exit(f"AID not found at {root}: set SKYSENSE_DATA to the shared data folder")
+    root = common.data_folder("aid")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds: list[int | None] = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
