@@ -31,8 +31,16 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
     t_params, s_params = dict(teacher.named_parameters()), dict(student.named_parameters())
     if t_params.keys() != s_params.keys():
         raise ValueError("teacher and student have different parameters; build the teacher with make_teacher")
+    # one call per tensor kind (FSDP2 mixes DTensor shards and whole tensors) instead of two per
+    # tensor: the same arithmetic, bit for bit, and ~360 fewer kernel calls a step for `tiny`
+    groups: dict[type, tuple[list[Tensor], list[Tensor]]] = {}
     for name, p in t_params.items():
-        p.mul_(momentum).add_(s_params[name].detach().to(p.dtype), alpha=1 - momentum)
+        targets, sources = groups.setdefault(type(p.data), ([], []))
+        targets.append(p)
+        sources.append(s_params[name].detach().to(p.dtype))
+    for targets, sources in groups.values():
+        torch._foreach_mul_(targets, momentum)
+        torch._foreach_add_(targets, sources, alpha=1 - momentum)
     s_buffers = dict(student.named_buffers())
     for name, b in teacher.named_buffers():
         b.copy_(s_buffers[name])

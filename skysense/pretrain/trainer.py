@@ -491,8 +491,8 @@ def grad_norms_by_part(student: Student) -> dict[str, float]:
     for name, part in parts.items():
         if part is None:
             continue
-        norms = [p.grad.float().norm() for p in part.parameters() if p.grad is not None]
-        out[f"grad/{name}"] = float(torch.stack(norms).norm()) if norms else 0.0
+        grads = [p.grad.float() for p in part.parameters() if p.grad is not None]
+        out[f"grad/{name}"] = float(torch.stack(torch._foreach_norm(grads)).norm()) if grads else 0.0
     return out
 
 
@@ -659,7 +659,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         whole = geo is not None and not geo.prototypes.requires_grad
         for module in (student, teacher):
             shard_(module, device, whole)
-    opt = torch.optim.AdamW(param_groups(student), lr=cfg.lr, betas=(0.9, 0.999))
+    # fused AdamW: one kernel per parameter group instead of a Python loop of ~7 calls per tensor
+    # (~1,200 calls a step for `tiny`, BENCHMARKS.md session 15); FSDP2's DTensor shards take foreach.
+    opt = torch.optim.AdamW(param_groups(student), lr=cfg.lr, betas=(0.9, 0.999), fused=not fsdp)
     torch.manual_seed(cfg.seed + rank)  # drop-path differs across ranks, like their data
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)  # views (on CPU, before the device)
 

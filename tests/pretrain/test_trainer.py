@@ -87,6 +87,26 @@ def test_param_groups_skip_norms_biases_tokens_prototypes():
     assert not any("norm" in n for n in decay)
 
 
+def test_grad_norms_by_part_match_a_float64_sum_of_squares():
+    from skysense.models.skysense import build_model
+    from skysense.pretrain.step import build_pretrain
+
+    student, _, _ = build_pretrain(build_model("tiny"), PretrainConfig())
+    gen = torch.Generator().manual_seed(0)
+    for i, p in enumerate(student.parameters()):  # every fifth tensor without a gradient
+        # each tensor's norm ~ 1 to 3, so leaving one out moves a part's norm by far more than fp32's
+        # error on a 2M-value tensor (~1e-4 relative)
+        grad = torch.randn(p.shape, generator=gen) * (1 + i % 3) / p.numel() ** 0.5
+        p.grad = None if i % 5 == 0 else grad
+    got = trainer.grad_norms_by_part(student)
+    bb = student.backbone
+    parts = {**{f"enc_{m}": e for m, e in bb.encoders.items()}, "align": bb.align, "fusion": bb.fusion}
+    parts.update(geo=bb.geo, heads=student.heads)
+    for name, part in parts.items():
+        squares = [p.grad.double().pow(2).sum() for p in part.parameters() if p.grad is not None]
+        assert got[f"grad/{name}"] == pytest.approx(float(sum(squares)) ** 0.5, rel=3e-4), name
+
+
 def test_data_order_is_a_function_of_seed_and_epoch():
     a = [batch_indices(s, 5, 2, seed=3) for s in range(5)]
     assert a == [batch_indices(s, 5, 2, seed=3) for s in range(5)]
