@@ -71,7 +71,10 @@ def main() -> None:
     opt_fused = torch.optim.AdamW(param_groups(student), lr=1e-4, fused=True)
     pairs = {
         "AdamW step": (opt_loop.step, opt_fused.step),
-        "EMA update": (lambda: ema_loop_(teacher, student, 0.99), lambda: ema_update_(teacher, student, 0.99)),
+        "EMA update": (
+            lambda: ema_loop_(teacher, student, 0.99),
+            lambda: ema_update_(teacher, student, 0.99),
+        ),
         "gradient norms": (lambda: norms_loop(student), lambda: grad_norms_by_part(student)),
     }
     times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in pairs}
@@ -84,14 +87,21 @@ def main() -> None:
         o, n = summary(old)["median_s"] * 1e3, summary(new)["median_s"] * 1e3
         rows.append({"part": name, "per-tensor loop ms": o, "fused / foreach ms": n, "ratio": o / n})
     total = {k: sum(r[k] for r in rows) for k in ("per-tensor loop ms", "fused / foreach ms")}
-    rows.append({"part": "all three", **total, "ratio": total["per-tensor loop ms"] / total["fused / foreach ms"]})
+    rows.append(
+        {"part": "all three", **total, "ratio": total["per-tensor loop ms"] / total["fused / foreach ms"]}
+    )
     print(f"{args.config}: {len(params)} parameter tensors, {sum(p.numel() for p in params):,} values")
     print(table(rows, ["part", "per-tensor loop ms", "fused / foreach ms", "ratio"]))
     print(f"EMA identical: {ema_equal}; AdamW after 20 steps, max |loop - fused| = {adamw_diff:.2e}")
     path = save(
         "step_bookkeeping.json",
-        {"machine": machine(), "config": args.config, "rows": rows, "ema_identical": ema_equal,
-         "adamw_max_abs_diff_20_steps": adamw_diff},
+        {
+            "machine": machine(),
+            "config": args.config,
+            "rows": rows,
+            "ema_identical": ema_equal,
+            "adamw_max_abs_diff_20_steps": adamw_diff,
+        },
     )
     print(f"wrote {path}")
 
