@@ -12,6 +12,8 @@
 # A pilot of PILOT steps with every run at once measures the step time; the runs then get the most steps
 # (multiples of ROUND, at most MAX_STEPS) that end inside BUDGET_S seconds of the script's start, or
 # none if that is under MIN_STEPS. Session 15: BUDGET_S=440 PILOT=30 BATCH=512 LR=7e-4 MIN_STEPS=600.
+# COMPILE=default (or reduce-overhead: CUDA graphs, not yet run) compiles the encoders (TrainConfig.compile);
+# the pilot then pays the compile, the runs find it in inductor's on-disk cache.
 set -u
 BUDGET_S=${BUDGET_S:-490}
 MAX_STEPS=${MAX_STEPS:-14000}
@@ -22,6 +24,7 @@ LR=${LR:-2.5e-4}
 MIN_STEPS=${MIN_STEPS:-1000} ROUND=${ROUND:-100}  # smaller values test the script on a CPU
 OUT=${OUT:-/tmp/out}
 PY=${PY:-python3}
+COMPILE=${COMPILE:-}
 START=$(date +%s)
 [ -n "${NO_WHEELS:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
@@ -31,7 +34,7 @@ $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_na
 
 run() {  # run SEED VARIANT STEPS DIR
   $PY bench/linear_probe.py --pretrain-only --quiet --seeds "$1" --variants "$2" --steps "$3" \
-    --local-crops 4 --batch "$BATCH" --set lr="$LR" --out "$4" >"$4.$1.$2.log" 2>&1
+    --local-crops 4 --batch "$BATCH" --set lr="$LR" ${COMPILE:+--set compile=$COMPILE} --out "$4" >"$4.$1.$2.log" 2>&1
 }
 pilot_time() {  # slowest median step time (s) of the runs under DIR, steps past the first half
   $PY - "$1" <<'EOF'

@@ -106,6 +106,9 @@ class TrainConfig:
     strategy: str = "ddp"  # under torchrun: ddp (replicas) or fsdp (FSDP2 fully_shard: sharded states)
     bf16: bool = True  # autocast of the forward (CPU and CUDA)
     grad_checkpointing: bool = False
+    # torch.compile mode of the encoders and the fusion ("" = eager; "default", "reduce-overhead", ...):
+    # on a GPU the tiny recipe waits on kernel dispatch (BENCHMARKS.md, session 15), which compiling cuts
+    compile: str = ""
     ema_momentum: float = 0.996  # cosine to 1 over the run
     teacher_temp_start: float = 0.04  # linear warm-up to pretrain.loss.teacher_temp (DINO) ...
     teacher_temp_warmup_steps: int = 0  # ... over these steps (0 = constant)
@@ -480,6 +483,22 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return (dist.get_rank() if world > 1 else 0), world, device
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_(model: Student, mode: str) -> None:
+    """In place: ``torch.compile`` each encoder and the fusion of a student or teacher with ``mode``.
+
+    ``nn.Module.compile`` keeps the parameter names, so checkpoints are those of an eager run. The
+    losses, views and Sinkhorn-Knopp stay eager: they are small, and data-dependent in shape."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile={mode!r}: use one of {', '.join(COMPILE_MODES)}, or '' for eager")
+    bb = model.backbone
+    for module in [*bb.encoders.values(), bb.fusion]:
+        if module is not None:
+            module.compile(mode=mode)
+
+
 @torch.no_grad()
 def grad_norms_by_part(student: Student) -> dict[str, float]:
     """``grad/<part>``: gradient norm (before clipping) of each encoder, the alignment heads, the fusion,
@@ -677,6 +696,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         elif rank == 0:
             print(f"resume: checkpoint from {len(rngs)} rank(s), now {world}: random states restart")
 
+    if cfg.compile:
+        compile_(student, cfg.compile)
+        compile_(teacher, cfg.compile)
     inner = _StudentStep(student, teacher, centers, cfg.pretrain)
     step_module: nn.Module = inner
     if world > 1 and not fsdp:

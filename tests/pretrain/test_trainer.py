@@ -461,6 +461,24 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     assert [float(r["loss"]) for r in rows] == pytest.approx(full["losses"], rel=0, abs=0)
 
 
+def test_compiled_encoders_train_like_eager_ones(tmp_path):
+    """``compile=default``: the same losses and teacher (keys and values) as eager, to float rounding."""
+    kw = dict(
+        steps=2,
+        bf16=False,
+        model={"hr": {"depths": [1, 1, 1, 1]}},  # a small graph: compiling is the slow part
+        data=DataConfig(modalities=("hr",), hr_tile=64, num_samples=4),
+    )
+    eager = train(tiny_cfg(tmp_path / "eager", **kw))
+    compiled = train(tiny_cfg(tmp_path / "compiled", compile="default", **kw))
+    assert compiled["losses"] == pytest.approx(eager["losses"], rel=1e-4)
+    assert list(compiled["teacher"]) == list(eager["teacher"])  # no _orig_mod in the names
+    for name, value in eager["teacher"].items():
+        torch.testing.assert_close(compiled["teacher"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="compile='fast'"):
+        train(tiny_cfg(tmp_path / "bad", compile="fast", **kw))
+
+
 def test_model_overrides_merge_into_the_preset(tmp_path):
     cfg = TrainConfig(model={"s2": {"in_chans": 1}, "geo": None}, data=DataConfig(modalities=("s2",)))
     m = trainer.model_config(cfg)
