@@ -496,7 +496,9 @@ def compile_(model: Student, mode: str) -> None:
     bb = model.backbone
     for module in [*bb.encoders.values(), bb.fusion]:
         if module is not None:
-            module.compile(mode=mode)
+            # static shapes: each view size (global, local; teacher, student) compiles once. With
+            # dynamic=None the second size recompiled the Swin symbolically, > 15 minutes on this CPU
+            module.compile(mode=mode, dynamic=False)
 
 
 @torch.no_grad()
