@@ -681,7 +681,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         for module in (student, teacher):
             shard_(module, device, whole)
     # fused AdamW: one kernel per parameter group instead of a Python loop of ~7 calls per tensor
-    # (~1,200 calls a step for `tiny`, BENCHMARKS.md session 15); FSDP2's DTensor shards take foreach.
+    # (~1,200 calls a step for `tiny`, BENCHMARKS.md session 15); FSDP2's DTensor shards keep the default.
     opt = torch.optim.AdamW(param_groups(student), lr=cfg.lr, betas=(0.9, 0.999), fused=not fsdp)
     torch.manual_seed(cfg.seed + rank)  # drop-path differs across ranks, like their data
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)  # views (on CPU, before the device)
