@@ -491,14 +491,10 @@ def compile_(model: Student, mode: str) -> None:
 
     ``nn.Module.compile`` keeps the parameter names, so checkpoints are those of an eager run. The
     losses, views and Sinkhorn-Knopp stay eager: they are small, and data-dependent in shape."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile={mode!r}: use one of {', '.join(COMPILE_MODES)}, or '' for eager")
-    bb = model.backbone
-    for module in [*bb.encoders.values(), bb.fusion]:
-        if module is not None:
-            # static shapes: each view size (global, local; teacher, student) compiles once. With
-            # dynamic=None the second size recompiled the Swin symbolically, > 15 minutes on this CPU
-            module.compile(mode=mode, dynamic=False)
+    for module in [*model.backbone.encoders.values(), model.backbone.fusion]:
+        # static shapes: each view size (global, local; teacher, student) compiles once. With
+        # dynamic=None the second size recompiled the Swin symbolically, > 15 minutes on this CPU
+        module.compile(mode=mode, dynamic=False)
 
 
 @torch.no_grad()
@@ -659,6 +655,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     dataset's size)."""
     if cfg.strategy not in ("ddp", "fsdp"):
         raise ValueError(f"strategy {cfg.strategy!r}: use ddp or fsdp")
+    if cfg.compile and cfg.compile not in COMPILE_MODES:
+        raise ValueError(f"compile={cfg.compile!r}: use one of {', '.join(COMPILE_MODES)}, or '' for eager")
     rank, world, device = setup_distributed()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} ranks")
