@@ -24,8 +24,9 @@ ranks after every step (for the centres this equals the global-batch update; for
 region seen by one rank only moves by 1/world of its local step); the collapse monitors are those
 of rank 0's batch.
 
-Also per step: the teacher temperature (DINO's linear warm-up, :func:`teacher_temp_at`) and the
-gradient norm of every part of the model (:func:`grad_norms_by_part`, not under FSDP).
+Also per step: the teacher temperature (DINO's linear warm-up, :func:`teacher_temp_at`), the
+pixel/object loss weights (an optional linear ramp from 0, :func:`loss_at`) and the gradient norm
+of every part of the model (:func:`grad_norms_by_part`, not under FSDP).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from skysense.config import SkySenseConfig, get_preset
 from skysense.data.collate import collate
 from skysense.data.root import data_root as default_data_root
 from skysense.models.skysense import SkySense, build_model
+from skysense.pretrain.losses import LossConfig
 from skysense.pretrain.step import Centers, PretrainConfig, Student, build_pretrain, pretrain_step
 from skysense.pretrain.teacher import cosine_momentum, ema_update_
 
@@ -112,6 +114,9 @@ class TrainConfig:
     ema_momentum: float = 0.996  # cosine to 1 over the run
     teacher_temp_start: float = 0.04  # linear warm-up to pretrain.loss.teacher_temp (DINO) ...
     teacher_temp_warmup_steps: int = 0  # ... over these steps (0 = constant)
+    # [ours] the pixel and object weights ramp linearly from 0 to pretrain.loss.weights over these
+    # steps (0 = constant), so the image level shapes the pooled features first (BENCHMARKS.md, s. 18)
+    dense_warmup_steps: int = 0
     seed: int = 0
     init_seed: int | None = None  # seed of the initial weights alone (None = seed): separates init from data
     init_from: str = ""  # a checkpoint whose student weights start a NEW run (load_init); "" = none
@@ -203,6 +208,20 @@ def teacher_temp_at(step: int, cfg: TrainConfig) -> float:
     if step >= cfg.teacher_temp_warmup_steps:
         return final
     return cfg.teacher_temp_start + (final - cfg.teacher_temp_start) * step / cfg.teacher_temp_warmup_steps
+
+
+def dense_ramp_at(step: int, cfg: TrainConfig) -> float:
+    """The factor on the pixel and object weights: linear from 0 to 1 over ``dense_warmup_steps``."""
+    return min(step / cfg.dense_warmup_steps, 1.0) if cfg.dense_warmup_steps > 0 else 1.0
+
+
+def loss_at(step: int, cfg: TrainConfig) -> LossConfig:
+    """The loss config of ``step``: teacher temperature and pixel/object weights on their schedules."""
+    loss, ramp = cfg.pretrain.loss, dense_ramp_at(step, cfg)
+    weights = (
+        {**loss.weights, **{g: ramp * loss.weight(g) for g in ("pix", "obj")}} if ramp < 1 else loss.weights
+    )
+    return dataclasses.replace(loss, teacher_temp=teacher_temp_at(step, cfg), weights=weights)
 
 
 def model_config(cfg: TrainConfig) -> SkySenseConfig:
@@ -733,19 +752,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         if step >= stop:
             break
         t0 = time.perf_counter()
-        lr, wd, momentum, t_temp = (
+        lr, wd, momentum, loss_cfg = (
             lr_at(step, cfg),
             wd_at(step, cfg),
             cosine_momentum(step, cfg.steps, cfg.ema_momentum),
-            teacher_temp_at(step, cfg),
+            loss_at(step, cfg),
         )
-        inner.ctx = (
-            teacher,
-            centers,
-            dataclasses.replace(
-                cfg.pretrain, loss=dataclasses.replace(cfg.pretrain.loss, teacher_temp=t_temp)
-            ),
-        )
+        inner.ctx = (teacher, centers, dataclasses.replace(cfg.pretrain, loss=loss_cfg))
         for group in opt.param_groups:
             group["lr"] = lr
             if group["name"] == "decay":
@@ -773,7 +786,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             "lr": lr,
             "wd": wd,
             "momentum": momentum,
-            "teacher_temp": t_temp,
+            "teacher_temp": loss_cfg.teacher_temp,
+            "dense_ramp": dense_ramp_at(step, cfg),
         }
         row.update({k: float(v) for k, v in zip(out, logged)})
         row.update(grad_norm=grad_norm, **group_norms, **inner.monitors, time=time.perf_counter() - t0)

@@ -23,7 +23,9 @@ from skysense.pretrain.trainer import (
     TrainConfig,
     batch_indices,
     build_dataset,
+    dense_ramp_at,
     load_checkpoint,
+    loss_at,
     lr_at,
     param_groups,
     teacher_temp_at,
@@ -68,6 +70,43 @@ def test_teacher_temperature_warm_up():
     assert [teacher_temp_at(s, cfg) for s in (0, 1, 2, 4, 9)] == pytest.approx([0.04, 0.05, 0.06, 0.08, 0.08])
     cfg.teacher_temp_warmup_steps = 0
     assert teacher_temp_at(0, cfg) == 0.08
+
+
+def test_dense_weights_ramp_in_linearly():
+    cfg = TrainConfig(dense_warmup_steps=4, teacher_temp_warmup_steps=4)
+    cfg.pretrain.loss.weights = {"pix": 0.5, "img": 2.0}
+    got = [loss_at(s, cfg) for s in (0, 1, 2, 4, 9)]
+    assert [lc.weight("pix") for lc in got] == pytest.approx([0.0, 0.125, 0.25, 0.5, 0.5])
+    assert [lc.weight("obj") for lc in got] == pytest.approx([0.0, 0.25, 0.5, 1.0, 1.0])
+    assert all(lc.weight("img") == 2.0 for lc in got)  # the image level is never ramped
+    assert [lc.teacher_temp for lc in got] == [teacher_temp_at(s, cfg) for s in (0, 1, 2, 4, 9)]
+    assert cfg.pretrain.loss.weights == {"pix": 0.5, "img": 2.0}  # the run's config is left alone
+    cfg.dense_warmup_steps = 0
+    assert dense_ramp_at(0, cfg) == 1.0 and loss_at(0, cfg).weights == {"pix": 0.5, "img": 2.0}
+
+
+def test_dense_ramp_weighs_the_logged_terms(tmp_path):
+    """The total is sum_g ramp_g * L_g of the logged terms: step 1 image level only, step 2 half dense."""
+    import csv
+
+    train(
+        tiny_cfg(
+            tmp_path,
+            steps=2,
+            dense_warmup_steps=2,
+            pretrain=PretrainConfig(
+                heads=HeadConfig(hidden_dim=32, bottleneck_dim=16, out_dim=32),
+                loss=LossConfig(num_clusters=2, cma=False),
+            ),
+        )
+    )
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    for row, ramp in zip(rows, (0.0, 0.5)):
+        terms = {k: float(v) for k, v in row.items() if k.split("/")[0] in ("pix", "obj", "img")}
+        dense = sum(v for k, v in terms.items() if not k.startswith("img"))
+        assert float(row["dense_ramp"]) == ramp and dense > 0
+        want = sum(v for k, v in terms.items() if k.startswith("img")) + ramp * dense
+        assert float(row["loss"]) == pytest.approx(want, rel=1e-5)
 
 
 def test_param_groups_skip_norms_biases_tokens_prototypes():
