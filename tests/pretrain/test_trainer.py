@@ -74,12 +74,12 @@ def test_teacher_temperature_warm_up():
 
 def test_dense_weights_ramp_in_linearly():
     cfg = TrainConfig(dense_warmup_steps=4, teacher_temp_warmup_steps=4)
-    cfg.pretrain.loss.weights = {"pix": 0.5, "img": 2.0}
+    cfg.pretrain.loss.weights, cfg.pretrain.loss.teacher_temp = {"pix": 0.5, "img": 2.0}, 0.08
     got = [loss_at(s, cfg) for s in (0, 1, 2, 4, 9)]
     assert [lc.weight("pix") for lc in got] == pytest.approx([0.0, 0.125, 0.25, 0.5, 0.5])
     assert [lc.weight("obj") for lc in got] == pytest.approx([0.0, 0.25, 0.5, 1.0, 1.0])
     assert all(lc.weight("img") == 2.0 for lc in got)  # the image level is never ramped
-    assert [lc.teacher_temp for lc in got] == [teacher_temp_at(s, cfg) for s in (0, 1, 2, 4, 9)]
+    assert [lc.teacher_temp for lc in got] == pytest.approx([0.04, 0.05, 0.06, 0.08, 0.08])
     assert cfg.pretrain.loss.weights == {"pix": 0.5, "img": 2.0}  # the run's config is left alone
     cfg.dense_warmup_steps = 0
     assert dense_ramp_at(0, cfg) == 1.0 and loss_at(0, cfg).weights == {"pix": 0.5, "img": 2.0}
