@@ -46,6 +46,7 @@ import common  # noqa: E402
 
 from skysense.data.scenes import PROBE_FRACTIONS, load_scenes  # noqa: E402
 from skysense.linear_probe import (  # noqa: E402
+    SOLVER,
     handcrafted_features,
     hr_features,
     plot_bars,
@@ -153,16 +154,22 @@ def public(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def probe_encoder(
-    label: str, encoder: Callable[[], Any], splits: dict[str, Any], scene_size: int, folder: Path, stamp: str
+    label: str,
+    encoder: Callable[[], Any],
+    splits: dict[str, Any],
+    scene_size: int,
+    folder: Path,
+    stamp: str,
+    probes: list[tuple[int, str, str]] = PROBES,
 ) -> dict[str, dict[str, Any]]:
-    """Every probe of PROBES on one frozen encoder -> {probe name: result}. Results are kept in
+    """Every probe of ``probes`` on one frozen encoder -> {probe name: result}. Results are kept in
     ``folder/probes.json`` under ``stamp`` (what was probed), so a re-run only probes what is new;
     ``encoder`` builds the network only when a probe is missing."""
     path = folder / "probes.json"
     cache = json.loads(path.read_text()) if path.exists() else {}
     mine: dict[str, dict[str, Any]] = cache.setdefault(stamp, {})
     enc = None
-    for size, stages, pool in PROBES:
+    for size, stages, pool in probes:
         if size > scene_size:
             continue
         probe = probe_name(size, stages, pool)
@@ -193,6 +200,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: no JSON in bench/results")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--pretrain-only", action="store_true", help="pre-train, probe nothing (e.g. on a GPU)")
+    p.add_argument("--primary-only", action="store_true", help="only the primary probe (the goals' one)")
     args = p.parse_args()
     common.setup()
     root = common.data_folder("aid")
@@ -215,9 +223,11 @@ def main() -> None:
     print(f"AID hash split {PROBE_FRACTIONS}: " + ", ".join(f"{s} {len(d.ids)}" for s, d in splits.items()))
     print(f"loaded in {time.perf_counter() - t0:.0f} s")
 
+    probes = [primary_probe(args.scene_size)] if args.primary_only else PROBES
     budgets: dict[str, float] = {}
     by_seed: dict[int, dict[str, dict[str, Any]]] = {}  # seed -> {"method @ probe": result}
     cfg = None
+    solver = f"probe {SOLVER['solver']} tol {SOLVER['tol']:g}"  # in the stamp: another solver probes afresh
     for seed in seeds:
         base = bases[seed]
         jobs = []
@@ -237,7 +247,13 @@ def main() -> None:
             f"{label} @ {probe}": r
             for label, build, folder, stamp in jobs
             for probe, r in probe_encoder(
-                label, build, splits, args.scene_size, folder, f"{stamp} @ {args.scene_size}px scenes"
+                label,
+                build,
+                splits,
+                args.scene_size,
+                folder,
+                f"{stamp} @ {args.scene_size}px scenes, {solver}",
+                probes,
             ).items()
         }
 
@@ -320,6 +336,7 @@ def main() -> None:
         "local_crops": args.local_crops,
         "overrides": args.set,
         "primary_probe": primary,
+        "probe_solver": SOLVER,
         "goals": {k: {"met": m, "detail": d} for k, (m, d) in goals.items()},
     }
     if len(by_seed) > 1:

@@ -28,6 +28,10 @@ from skysense.data.scenes import Scenes, normalise_hr
 from skysense.models.skysense import SkySense
 
 DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+# lbfgs run to a tight tolerance: stopped early (tol 1e-3, before session 21) the fit depended on the BLAS
+# kernel, e.g. the hand-crafted AID score was 64.9 with OpenBLAS's SkylakeX kernels and 63.8 with its Haswell
+# ones (BENCHMARKS.md, session 21). Converged, both give the same answer. Part of every cached probe's stamp.
+SOLVER = {"solver": "lbfgs", "tol": 1e-6, "max_iter": 10000}
 
 
 @torch.no_grad()
@@ -104,15 +108,17 @@ def fit_probe(
     test: tuple[np.ndarray, np.ndarray],
     cs: Sequence[float] = DEFAULT_CS,
     num_classes: int | None = None,
+    tol: float = SOLVER["tol"],
 ) -> ProbeResult:
-    """Logistic-regression probe (module doc): each split is (features (n, D), labels (n,))."""
+    """Logistic-regression probe (module doc): each split is (features (n, D), labels (n,)); ``tol`` is
+    lbfgs's stopping tolerance (see ``SOLVER``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import confusion_matrix
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     def model(c: float) -> object:
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000, tol=1e-3))
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=SOLVER["max_iter"], tol=tol))
 
     val_by_c = {}
     for c in cs:

@@ -60,6 +60,33 @@ def test_probe_separates_separable_classes_and_counts_right():
     assert noise.oa < 0.8  # labels unrelated to the features are not learnt
 
 
+def test_probe_is_converged_like_a_second_solver():
+    """The probe's lbfgs must reach the optimum: a newton-cg fit to 1e-10 in float64 predicts the same val
+    labels at every C. Stopped at tol 1e-3 (before session 21) it did not at C = 10 here, and on AID its score
+    depended on the BLAS kernel of the CPU."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(10, 40))
+
+    def split(n):
+        y = rng.integers(0, 10, n)
+        return centres[y] + rng.normal(size=(n, 40)) * 1.5, y
+
+    train, val, test = split(400), split(150), split(300)
+    got = fit_probe(train, val, test)
+    for c, acc in got.val_by_c.items():
+        ref = make_pipeline(
+            StandardScaler(), LogisticRegression(C=c, solver="newton-cg", tol=1e-10, max_iter=10000)
+        )
+        ref.fit(*train)
+        assert acc == float((ref.predict(val[0]) == val[1]).mean()), c
+    loose = fit_probe(train, val, test, tol=1e-3)
+    assert loose.val_by_c != got.val_by_c  # the case can tell a stopped-early fit from a converged one
+
+
 def test_handcrafted_histograms_by_hand():
     pytest.importorskip("skimage")
     img = torch.full((1, 3, 16, 16), 7, dtype=torch.uint8)
