@@ -30,7 +30,8 @@ from skysense.models.skysense import SkySense
 DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 # lbfgs run to a tight tolerance: stopped early (tol 1e-3, before session 21) the fit depended on the BLAS
 # kernel, e.g. the hand-crafted AID score was 64.9 with OpenBLAS's SkylakeX kernels and 63.8 with its Haswell
-# ones (BENCHMARKS.md, session 21). Converged, both give the same answer. Part of every cached probe's stamp.
+# ones (BENCHMARKS.md, session 21). Converged, both pick the same C and agree to one test scene. Part of
+# every cached probe's stamp.
 SOLVER = {"solver": "lbfgs", "tol": 1e-6, "max_iter": 10000}
 
 
