@@ -32,7 +32,8 @@ DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 # kernel, e.g. the hand-crafted AID score was 64.9 with OpenBLAS's SkylakeX kernels and 63.8 with its Haswell
 # ones (BENCHMARKS.md, session 21). Converged, both pick the same C and agree to one test scene. Part of
 # every cached probe's stamp.
-SOLVER = {"solver": "lbfgs", "tol": 1e-6, "max_iter": 10000}
+PROBE_TOL, PROBE_MAX_ITER = 1e-6, 10000
+SOLVER = {"solver": "lbfgs", "tol": PROBE_TOL, "max_iter": PROBE_MAX_ITER}
 
 
 @torch.no_grad()
@@ -109,7 +110,7 @@ def fit_probe(
     test: tuple[np.ndarray, np.ndarray],
     cs: Sequence[float] = DEFAULT_CS,
     num_classes: int | None = None,
-    tol: float = SOLVER["tol"],
+    tol: float = PROBE_TOL,
 ) -> ProbeResult:
     """Logistic-regression probe (module doc): each split is (features (n, D), labels (n,)); ``tol`` is
     lbfgs's stopping tolerance (see ``SOLVER``)."""
@@ -119,7 +120,7 @@ def fit_probe(
     from sklearn.preprocessing import StandardScaler
 
     def model(c: float) -> object:
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=SOLVER["max_iter"], tol=tol))
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=PROBE_MAX_ITER, tol=tol))
 
     val_by_c = {}
     for c in cs:
