@@ -32,8 +32,8 @@ DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 # kernel, e.g. the hand-crafted AID score was 64.9 with OpenBLAS's SkylakeX kernels and 63.8 with its Haswell
 # ones (BENCHMARKS.md, session 21). Converged, both pick the same C and agree to one test scene. Part of
 # every cached probe's stamp.
-PROBE_TOL, PROBE_MAX_ITER = 1e-6, 10000
-SOLVER = {"solver": "lbfgs", "tol": PROBE_TOL, "max_iter": PROBE_MAX_ITER}
+PROBE_SOLVER, PROBE_TOL, PROBE_MAX_ITER = "lbfgs", 1e-6, 10000
+SOLVER = {"solver": PROBE_SOLVER, "tol": PROBE_TOL, "max_iter": PROBE_MAX_ITER}
 
 
 @torch.no_grad()
@@ -120,7 +120,9 @@ def fit_probe(
     from sklearn.preprocessing import StandardScaler
 
     def model(c: float) -> object:
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=PROBE_MAX_ITER, tol=tol))
+        return make_pipeline(
+            StandardScaler(), LogisticRegression(C=c, solver=PROBE_SOLVER, max_iter=PROBE_MAX_ITER, tol=tol)
+        )
 
     val_by_c = {}
     for c in cs:
