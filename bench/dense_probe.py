@@ -7,8 +7,10 @@
 The AID scene probe of ``bench/linear_probe.py`` pools every map to one vector, so it can only reward
 what the image-level term teaches. These probes keep the maps. The frozen hr teacher of each run (and the
 same network at its random initialisation) sees every image of a task; each stage's map is upsampled
-(bilinear) to stride 4 and a logistic regression (scikit-learn, features standardised on the training
-cells, C = 1) classifies every cell from the concatenated stages ("all") or stage 4 alone ("last").
+(bilinear) to stride 4 and a logistic regression (the scene probe's ``probe_model``: features
+standardised on the training cells, C = 1, solved in float64 to convergence; lbfgs stopped at 500
+iterations before session 22) classifies every cell from the concatenated stages ("all") or stage 4
+alone ("last").
 Labels are the nearest-neighbour downsample of the annotation to stride 4. Tasks (``shared/data``):
 
 - ``loveda``: the 3 LoveDA tiles of ``seg_samples`` (1024 px at 0.3 m, 7 classes, no-data ignored),
@@ -47,6 +49,7 @@ import common  # noqa: E402
 
 from skysense.data.datasets import ChangeDetection, Segmentation  # noqa: E402
 from skysense.data.scenes import normalise_hr  # noqa: E402
+from skysense.linear_probe import SOLVER, probe_model  # noqa: E402
 from skysense.pretrain.trainer import (  # noqa: E402
     CKPT,
     TrainConfig,
@@ -134,9 +137,7 @@ def probe(feats: torch.Tensor, labels: torch.Tensor, change: bool = False, block
     image (train on one colour, test on the other, then swap) -> fold means of pixel accuracy and mIoU,
     or for ``change`` the F1 and IoU of class 1 and the average precision of its probability (no threshold).
     ``score`` is the headline (mIoU, or change F1)."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score, f1_score, jaccard_score
-    from sklearn.preprocessing import StandardScaler
 
     n, h, w, c = feats.shape
     i, j = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -145,9 +146,8 @@ def probe(feats: torch.Tensor, labels: torch.Tensor, change: bool = False, block
     folds: dict[str, list[float]] = {"pixel_acc": [], "miou": [], "f1": [], "iou": [], "ap": []}
     for fold in (0, 1):
         train, test = (colour == fold) & (y_all >= 0), (colour != fold) & (y_all >= 0)
-        scaler = StandardScaler().fit(x_all[train])
-        clf = LogisticRegression(C=1.0, max_iter=500).fit(scaler.transform(x_all[train]), y_all[train])
-        x_test, target = scaler.transform(x_all[test]), y_all[test]
+        clf = probe_model(1.0).fit(x_all[train], y_all[train])  # the scene probe's solver, run to convergence
+        x_test, target = x_all[test], y_all[test]
         pred = clf.predict(x_test)
         folds["pixel_acc"].append(float((pred == target).mean()))
         seen = np.union1d(pred, target)  # classes absent from both do not count (as mmseg)
@@ -301,7 +301,13 @@ def main() -> None:
         name = f"{m['task']} | {m['metric']} | {m['run']}"
         print(f"| {name} | {seeds_txt} | {100 * m['mean']:.1f} | {diffs} | {mean_diff} |")
     out = common.RESULTS / f"dense_probe{args.tag}.json"
-    record = {"machine": common.machine(), "args": vars(args), "tasks": TASKS, "rows": rows}
+    record = {
+        "machine": common.machine(),
+        "args": vars(args),
+        "tasks": TASKS,
+        "probe_solver": SOLVER,
+        "rows": rows,
+    }
     out.write_text(json.dumps({**record, "paired": summary}, indent=1))
     png = Path(args.plot or f"runs/bench/dense_probe{args.tag}.png")
     plot_pairs(summary, args.baseline, png)

@@ -227,7 +227,8 @@ def main() -> None:
     budgets: dict[str, float] = {}
     by_seed: dict[int, dict[str, dict[str, Any]]] = {}  # seed -> {"method @ probe": result}
     cfg = None
-    solver = f"probe {SOLVER['solver']} tol {SOLVER['tol']:g}"  # in the stamp: another solver probes afresh
+    # in the stamp: another solver probes afresh
+    solver = f"probe {SOLVER['solver']} tol {SOLVER['tol']:g} {SOLVER['dtype']}"
     for seed in seeds:
         base = bases[seed]
         jobs = []

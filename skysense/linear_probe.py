@@ -3,9 +3,9 @@
 The encoder is frozen; an ``hr`` scene becomes the global average of its last Swin stage (B, C4), or
 of all four stages, optionally with each channel's spatial standard deviation next to its mean
 (second-order pooling: the texture statistics that colour + LBP histograms capture by hand);
-a multinomial logistic regression (scikit-learn, L2, features standardised on the train split) is
-fitted on the train split with its strength ``C`` chosen on the val split, then refitted on
-train + val and scored on test: overall accuracy (OA) and the confusion matrix.
+a multinomial logistic regression (scikit-learn, L2, features standardised on the train split, solved
+in float64 to convergence) is fitted on the train split with its strength ``C`` chosen on the val split,
+then refitted on train + val and scored on test: overall accuracy (OA) and the confusion matrix.
 
 The hand-crafted reference is the classic texture + colour descriptor of scene classification:
 per-channel colour histograms (32 bins of RGB) and rotation-invariant uniform LBP histograms of
@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,13 +28,17 @@ from tqdm import tqdm
 from skysense.data.scenes import Scenes, normalise_hr
 from skysense.models.skysense import SkySense
 
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
 DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
-# lbfgs run to a tight tolerance: stopped early (tol 1e-3, before session 21) the fit depended on the BLAS
-# kernel, e.g. the hand-crafted AID score was 64.9 with OpenBLAS's SkylakeX kernels and 63.8 with its Haswell
-# ones (BENCHMARKS.md, session 21). Converged, both pick the same C and agree to one test scene. Part of
-# every cached probe's stamp.
-PROBE_SOLVER, PROBE_TOL, PROBE_MAX_ITER = "lbfgs", 1e-6, 10000
-SOLVER = {"solver": PROBE_SOLVER, "tol": PROBE_TOL, "max_iter": PROBE_MAX_ITER}
+# newton-cg in float64 to a gradient tolerance of 1e-6: sklearn's lbfgs stopped early twice over. At tol 1e-3
+# (before session 21) the score depended on the CPU's BLAS kernels (hand-crafted AID 64.9 or 63.8); at 1e-6 on
+# our float32 features it still stopped on its relative-decrease test, 1e-3 off the optimum's coefficients and
+# up to 3 of 676 AID val scenes off a 1e-10 fit (BENCHMARKS.md, session 22). newton-cg in float64 matches that
+# fit in fewer seconds than either lbfgs. Part of every cached probe's stamp.
+PROBE_SOLVER, PROBE_TOL, PROBE_MAX_ITER = "newton-cg", 1e-6, 1000
+SOLVER = {"solver": PROBE_SOLVER, "tol": PROBE_TOL, "max_iter": PROBE_MAX_ITER, "dtype": "float64"}
 
 
 @torch.no_grad()
@@ -104,6 +109,20 @@ class ProbeResult:
     val_by_c: dict[float, float] = field(default_factory=dict)
 
 
+def probe_model(c: float, tol: float = PROBE_TOL) -> Pipeline:
+    """The probe's classifier, unfitted: features cast to float64, standardised (statistics of the fit's
+    data), then an L2 multinomial logistic regression of strength ``c`` solved to ``tol`` (``SOLVER``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    return make_pipeline(
+        FunctionTransformer(np.asarray, kw_args={"dtype": np.float64}),  # at fit and at predict
+        StandardScaler(),
+        LogisticRegression(C=c, solver=PROBE_SOLVER, tol=tol, max_iter=PROBE_MAX_ITER),
+    )
+
+
 def fit_probe(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
@@ -113,23 +132,15 @@ def fit_probe(
     tol: float = PROBE_TOL,
 ) -> ProbeResult:
     """Logistic-regression probe (module doc): each split is (features (n, D), labels (n,)); ``tol`` is
-    lbfgs's stopping tolerance (see ``SOLVER``)."""
-    from sklearn.linear_model import LogisticRegression
+    the solver's stopping tolerance (see ``SOLVER``)."""
     from sklearn.metrics import confusion_matrix
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    def model(c: float) -> object:
-        return make_pipeline(
-            StandardScaler(), LogisticRegression(C=c, solver=PROBE_SOLVER, max_iter=PROBE_MAX_ITER, tol=tol)
-        )
 
     val_by_c = {}
     for c in cs:
-        clf = model(c).fit(*train)  # type: ignore[attr-defined]
+        clf = probe_model(c, tol).fit(*train)
         val_by_c[c] = float((clf.predict(val[0]) == val[1]).mean())
     best = max(cs, key=lambda c: (val_by_c[c], -c))  # ties: the stronger regularisation
-    clf = model(best).fit(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))  # type: ignore[attr-defined]
+    clf = probe_model(best, tol).fit(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
     pred = clf.predict(test[0])
     k = num_classes or int(max(train[1].max(), test[1].max())) + 1
     cm = confusion_matrix(test[1], pred, labels=list(range(k)))
