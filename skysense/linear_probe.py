@@ -37,8 +37,13 @@ DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 # our float32 features it still stopped on its relative-decrease test, short of the optimum (up to 3 of 676
 # AID val scenes off a 1e-10 fit, BENCHMARKS.md session 22; coefficients 1e-3 off in a test case).
 # newton-cg in float64 matches that fit. Part of every cached probe's stamp.
-PROBE_SOLVER, PROBE_TOL, PROBE_MAX_ITER = "newton-cg", 1e-6, 1000
-SOLVER = {"solver": PROBE_SOLVER, "tol": PROBE_TOL, "max_iter": PROBE_MAX_ITER, "dtype": "float64"}
+PROBE_SOLVER, PROBE_TOL, PROBE_MAX_ITER, PROBE_DTYPE = "newton-cg", 1e-6, 1000, np.float64
+SOLVER = {
+    "solver": PROBE_SOLVER,
+    "tol": PROBE_TOL,
+    "max_iter": PROBE_MAX_ITER,
+    "dtype": np.dtype(PROBE_DTYPE).name,
+}
 
 
 @torch.no_grad()
@@ -109,17 +114,17 @@ class ProbeResult:
     val_by_c: dict[float, float] = field(default_factory=dict)
 
 
-def probe_model(c: float, tol: float = PROBE_TOL) -> Pipeline:
+def probe_model(c: float) -> Pipeline:
     """The probe's classifier, unfitted: features cast to float64, standardised (statistics of the fit's
-    data), then an L2 multinomial logistic regression of strength ``c`` solved to ``tol`` (``SOLVER``)."""
+    data), then an L2 multinomial logistic regression of strength ``c`` solved as ``SOLVER`` says."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
     return make_pipeline(
-        FunctionTransformer(np.asarray, kw_args={"dtype": np.float64}),  # at fit and at predict
+        FunctionTransformer(np.asarray, kw_args={"dtype": PROBE_DTYPE}),  # at fit and at predict
         StandardScaler(),
-        LogisticRegression(C=c, solver=PROBE_SOLVER, tol=tol, max_iter=PROBE_MAX_ITER),
+        LogisticRegression(C=c, solver=PROBE_SOLVER, tol=PROBE_TOL, max_iter=PROBE_MAX_ITER),
     )
 
 
@@ -129,18 +134,16 @@ def fit_probe(
     test: tuple[np.ndarray, np.ndarray],
     cs: Sequence[float] = DEFAULT_CS,
     num_classes: int | None = None,
-    tol: float = PROBE_TOL,
 ) -> ProbeResult:
-    """Logistic-regression probe (module doc): each split is (features (n, D), labels (n,)); ``tol`` is
-    the solver's stopping tolerance (see ``SOLVER``)."""
+    """Logistic-regression probe (module doc): each split is (features (n, D), labels (n,))."""
     from sklearn.metrics import confusion_matrix
 
     val_by_c = {}
     for c in cs:
-        clf = probe_model(c, tol).fit(*train)
+        clf = probe_model(c).fit(*train)
         val_by_c[c] = float((clf.predict(val[0]) == val[1]).mean())
     best = max(cs, key=lambda c: (val_by_c[c], -c))  # ties: the stronger regularisation
-    clf = probe_model(best, tol).fit(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
+    clf = probe_model(best).fit(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
     pred = clf.predict(test[0])
     k = num_classes or int(max(train[1].max(), test[1].max())) + 1
     cm = confusion_matrix(test[1], pred, labels=list(range(k)))

@@ -61,15 +61,13 @@ def test_probe_separates_separable_classes_and_counts_right():
     assert noise.oa < 0.8  # labels unrelated to the features are not learnt
 
 
-def _reference(c: float):
-    """A second formulation of the probe's fit: newton-cg to 1e-10 on float64 features."""
+def _reference(c: float, solver: str = "newton-cg", tol: float = 1e-10):
+    """A second formulation of the probe's fit, by default newton-cg to 1e-10 (on float64 features)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(
-        StandardScaler(), LogisticRegression(C=c, solver="newton-cg", tol=1e-10, max_iter=10000)
-    )
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, solver=solver, tol=tol, max_iter=10000))
 
 
 def test_probe_is_converged_like_a_second_solver():
@@ -92,10 +90,6 @@ def test_probe_fits_float32_features_to_the_float64_optimum():
     """Features arrive as float32 and ill-conditioned (correlated channels, as pooled Swin maps are): the
     probe's coefficients match the float64 reference to 2e-4. lbfgs on the float32 features (the probe
     until session 22) stops on its relative-decrease test about 1e-3 away, which this case tells apart."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     rng = np.random.default_rng(0)
     d = 100
     centres = rng.normal(size=(10, d))
@@ -111,9 +105,7 @@ def test_probe_fits_float32_features_to_the_float64_optimum():
     model = probe_model(10.0).fit(x32, y)
     assert model[-1].coef_.dtype == np.float64
     assert error(model[-1].coef_) < 2e-4
-    old = make_pipeline(
-        StandardScaler(), LogisticRegression(C=10.0, solver="lbfgs", tol=1e-6, max_iter=10000)
-    )
+    old = _reference(10.0, solver="lbfgs", tol=1e-6)
     assert error(old.fit(x32, y)[-1].coef_) > 5e-4
 
 
