@@ -17,6 +17,9 @@ Conventions:
   Date t of view u pairs with date t of view v (same acquisition when the views share dates); pairs
   where either date is padding are dropped. Means run over all kept pairs of the batch, which is
   Eq. 6-8's 1/(N_S T_i) normalisation pooled over samples.
+  When no pair survives (no overlap, no cluster heavy enough, no shared date) the heads still run, on
+  zero rows, and the term is a zero in the graph: under FSDP every rank must call every sharded head
+  in the same order, and a call skipped on one rank only is a collective mismatch (gloo aborts).
 - Object level [open]: the teacher features of **both views** of one (sample, date) are clustered
   together (Sinkhorn-Knopp k-means on cosine similarity, N_C centres initialised at evenly spaced
   cells of u), so cluster k means the same thing in u and v. Object feature = assignment-weighted
@@ -144,7 +147,10 @@ def dino_ce(
 
 
 def contrast(student: Tensor, teacher: Tensor, center: Tensor, cfg: LossConfig) -> Tensor:
-    """:func:`dino_ce` with the temperatures and the centring of ``cfg``."""
+    """:func:`dino_ce` with the temperatures and the centring of ``cfg``; no rows (no pair survived) -> a
+    zero that keeps the student head in the graph."""
+    if student.shape[0] == 0:
+        return _zero(student)
     iters = cfg.sinkhorn_iters if cfg.centering == "sinkhorn" else 0
     return dino_ce(student, teacher, center, cfg.student_temp, cfg.teacher_temp, iters)
 
@@ -181,8 +187,6 @@ def pixel_loss(
     ``views.correspondence``. Returns (loss, teacher logits (n, K))."""
     partner = t.gather(2, index[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[-1]))  # (B, T, N_u, D)
     keep = keep_t[:, :, None] & valid[:, None, :]  # (B, T, N_u)
-    if not keep.any():
-        return _zero(s), s.new_zeros(0)
     s_k, t_k = s[keep], partner[keep]  # (n, D)
     if 0 < cfg.max_pixels < s_k.shape[0]:
         # Large inputs (s2 series x 64x64 cells) give millions of pairs: an unbiased random subset bounds
@@ -224,8 +228,6 @@ def object_loss(
     c_s = a_s.transpose(1, 2) @ s / mass_s[..., None].clamp_min(1e-6)  # (M, N_C, D)
     c_t = a_t.transpose(1, 2) @ t.detach() / mass_t[..., None].clamp_min(1e-6)
     keep = (mass_s >= cfg.obj_min_mass) & (mass_t >= cfg.obj_min_mass)
-    if not keep.any():
-        return _zero(s), s.new_zeros(0)
     lt = head_t(c_t[keep])
     return contrast(head_s(c_s[keep]), lt, center, cfg), lt
 
@@ -234,8 +236,6 @@ def image_loss(
     s: Tensor, t: Tensor, head_s: Head, head_t: Head, center: Tensor, cfg: LossConfig
 ) -> tuple[Tensor, Tensor]:
     """L_img (Eq. 8), one direction: average-pooled student cells s (M, N_u, D) vs teacher t (M, N_v, D)."""
-    if s.shape[0] == 0:
-        return _zero(s), s.new_zeros(0)
     lt = head_t(t.mean(1))
     return contrast(head_s(s.mean(1)), lt, center, cfg), lt
 

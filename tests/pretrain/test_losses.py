@@ -1,6 +1,7 @@
 """Losses on hand-computed cases: Sinkhorn-Knopp marginals, DINO CE, MGCL terms, InfoNCE, GCPL."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -144,6 +145,39 @@ def test_object_loss_contrasts_matched_cluster_means():
     )
     torch.testing.assert_close(loss, want)
     assert lt.shape == (1, 2)
+
+
+@pytest.mark.parametrize("centering", ["ema", "sinkhorn"])
+def test_terms_with_no_surviving_pair_still_run_both_heads(centering):
+    """No overlap / no heavy cluster / no shared date: both heads run once, on zero rows, and the term is
+    an exact zero with the student head in the graph (FSDP needs every rank to call every head)."""
+    cfg = LossConfig(
+        student_temp=0.5, teacher_temp=0.25, obj_min_mass=0.5, num_clusters=2, centering=centering
+    )
+    calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def head(name: str, lin: torch.nn.Linear):
+        return lambda x: calls.append((name, tuple(x.shape))) or lin(x)
+
+    g = torch.Generator().manual_seed(0)
+    s, t = (torch.randn(1, 1, 3, 2, generator=g, dtype=D64) for _ in range(2))  # (B, T, N, D)
+    nothing = torch.zeros(1, 3, dtype=torch.bool)
+    a = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]], dtype=D64)  # masses 3 and 0, both under 5 below
+    cases = {
+        "pix": lambda hs, ht: pixel_loss(
+            s, t, torch.tensor([[True]]), torch.zeros(1, 3, dtype=torch.long), nothing, hs, ht, ZERO, cfg
+        ),
+        "obj": lambda hs, ht: object_loss(s[0], t[0], a, a, hs, ht, ZERO, replace(cfg, obj_min_mass=5.0)),
+        "img": lambda hs, ht: image_loss(s[0, :0], t[0, :0], hs, ht, ZERO, cfg),
+    }
+    for name, term in cases.items():
+        calls.clear()
+        lin_s, lin_t = torch.nn.Linear(2, 2, dtype=D64), torch.nn.Linear(2, 2, dtype=D64)
+        loss, lt = term(head("student", lin_s), head("teacher", lin_t))
+        assert sorted(calls) == [("student", (0, 2)), ("teacher", (0, 2))], name
+        assert lt.shape == (0, 2) and float(loss) == 0.0, name
+        loss.backward()
+        assert lin_s.weight.grad is not None and not lin_s.weight.grad.any(), name
 
 
 def test_cluster_views_match_clusters_across_views():
