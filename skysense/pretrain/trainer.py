@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
@@ -766,6 +767,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         student.train()
         with autocast:
             out = step_module(_to(batch, device), gen)
+        if isinstance(teacher, FSDPModule):
+            # FSDP2 keeps a root's own parameters gathered after forward, for a backward the teacher
+            # never runs: shard them back, or the EMA pairs whole teacher tensors with student shards
+            # (e.g. the geo prototypes when GCPL is off and they are not kept whole)
+            teacher.reshard()
         if world > 1:  # in-place updates from local batches -> the same on every rank
             geo = student.backbone.geo
             _average_([*centers.buffers(), *([geo.prototypes.data] if geo is not None else [])], world)

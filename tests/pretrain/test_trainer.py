@@ -446,14 +446,22 @@ def counting(student, *a):
     empty[0] += student.shape[0] == 0
     return contrast(student, *a)
 L.contrast = counting
+from skysense.pretrain.heads import HeadConfig
+from skysense.pretrain.step import PretrainConfig
+heads = HeadConfig(hidden_dim=32, bottleneck_dim=16, out_dim=32)
+loss = L.LossConfig(num_clusters=2, gcpl=False)
 kw = dict(steps=2, bf16=False, model={{"hr": {{"depths": [1, 1, 1, 1]}}}},
-          data=DataConfig(modalities=("hr",), hr_tile=64, num_samples=4))
-runs = {{name: train(tiny_cfg(out / name, strategy=s, compile=c, **kw))["losses"]
+          data=DataConfig(modalities=("hr",), hr_tile=64, num_samples=4),
+          pretrain=PretrainConfig(heads=heads, loss=loss))
+runs = {{name: train(tiny_cfg(out / name, strategy=s, compile=c, **kw))
         for name, s, c in (("ddp", "ddp", ""), ("fsdp", "fsdp", ""), ("fsdp_compiled", "fsdp", "default"))}}
 counts = [None, None]
 dist.all_gather_object(counts, empty[0])
 if dist.get_rank() == 0:
-    json.dump(dict(runs, empty=counts), open(out / "losses.json", "w"))
+    got = dict(empty=counts, **{{k: r["losses"] for k, r in runs.items()}})
+    json.dump(got, open(out / "losses.json", "w"))
+    for k in ("ddp", "fsdp"):
+        torch.save(runs[k]["teacher"], out / f"teacher_{{k}}.pt")
 dist.barrier()
 dist.destroy_process_group()
 sys.stdout.flush()
@@ -461,16 +469,21 @@ os._exit(0)
 """
 
 
-def test_fsdp2_survives_a_term_with_no_pairs_on_one_rank_and_compiles(tmp_path):
-    """hr only at 64 px: the 2 x 2 stage-4 cells of one rank leave no object cluster heavy enough, the
-    other rank's do. FSDP2 (eager and ``compile=default``) trains like DDP; it used to abort in gloo
-    (a sharded head skipped on one rank only)."""
+def test_fsdp2_hr_only_without_gcpl_trains_like_ddp_and_compiles(tmp_path):
+    """hr only at 64 px, GCPL off: the 2 x 2 stage-4 cells of one rank leave no object cluster heavy
+    enough, the other rank's do. FSDP2 (eager and ``compile=default``) trains like DDP. It used to abort
+    in gloo (a sharded head skipped on one rank only), and then in the EMA (the teacher's root-level geo
+    prototypes, learnt by gradient without GCPL, stayed gathered after its forward)."""
     import json
 
     _torchrun(SKIP_SCRIPT, tmp_path, timeout=300)
     got = json.loads((tmp_path / "losses.json").read_text())
     assert got["empty"][0] != got["empty"][1], f"no rank-only empty term, the case is not exercised: {got}"
     assert got["fsdp"] == pytest.approx(got["ddp"], rel=1e-4)
+    t_ddp, t_fsdp = (torch.load(tmp_path / f"teacher_{k}.pt", weights_only=True) for k in ("ddp", "fsdp"))
+    assert t_ddp.keys() == t_fsdp.keys() and "backbone.geo.prototypes" in t_ddp
+    for k in t_ddp:  # the EMA on shards, whole prototypes included, is DDP's
+        torch.testing.assert_close(t_fsdp[k], t_ddp[k], rtol=1e-3, atol=1e-4, msg=k)
     # inductor's fused float32 kernels sum in another order: ~1e-4 apart after one step here
     assert got["fsdp_compiled"] == pytest.approx(got["fsdp"], rel=5e-4)
 
