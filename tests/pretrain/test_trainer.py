@@ -453,8 +453,10 @@ loss = L.LossConfig(num_clusters=2, gcpl=False)
 kw = dict(steps=2, bf16=False, model={{"hr": {{"depths": [1, 1, 1, 1]}}}},
           data=DataConfig(modalities=("hr",), hr_tile=64, num_samples=4),
           pretrain=PretrainConfig(heads=heads, loss=loss))
-runs = {{name: train(tiny_cfg(out / name, strategy=s, compile=c, **kw))
-        for name, s, c in (("ddp", "ddp", ""), ("fsdp", "fsdp", ""), ("fsdp_compiled", "fsdp", "default"))}}
+variants = (("ddp", "ddp", "", False), ("fsdp", "fsdp", "", False),
+            ("fsdp_compiled", "fsdp", "default", False), ("fsdp_checkpointed", "fsdp", "", True))
+runs = {{name: train(tiny_cfg(out / name, strategy=s, compile=c, grad_checkpointing=g, **kw))
+        for name, s, c, g in variants}}
 counts = [None, None]
 dist.all_gather_object(counts, empty[0])
 if dist.get_rank() == 0:
@@ -469,11 +471,12 @@ os._exit(0)
 """
 
 
-def test_fsdp2_hr_only_without_gcpl_trains_like_ddp_and_compiles(tmp_path):
+def test_fsdp2_hr_only_without_gcpl_trains_like_ddp_compiled_and_checkpointed(tmp_path):
     """hr only at 64 px, GCPL off: the 2 x 2 stage-4 cells of one rank leave no object cluster heavy
-    enough, the other rank's do. FSDP2 (eager and ``compile=default``) trains like DDP. It used to abort
-    in gloo (a sharded head skipped on one rank only), and then in the EMA (the teacher's root-level geo
-    prototypes, learnt by gradient without GCPL, stayed gathered after its forward)."""
+    enough, the other rank's do. FSDP2 (eager, ``compile=default``, activation checkpointing) trains
+    like DDP. It used to abort in gloo (a sharded head skipped on one rank only), and then in the EMA
+    (the teacher's root-level geo prototypes, learnt by gradient without GCPL, stayed gathered after
+    its forward)."""
     import json
 
     _torchrun(SKIP_SCRIPT, tmp_path, timeout=300)
@@ -482,8 +485,9 @@ def test_fsdp2_hr_only_without_gcpl_trains_like_ddp_and_compiles(tmp_path):
     assert got["fsdp"] == pytest.approx(got["ddp"], rel=1e-4)
     t_ddp, t_fsdp = (torch.load(tmp_path / f"teacher_{k}.pt", weights_only=True) for k in ("ddp", "fsdp"))
     assert t_ddp.keys() == t_fsdp.keys() and "backbone.geo.prototypes" in t_ddp
-    for k in t_ddp:  # the EMA on shards, whole prototypes included, is DDP's
+    for k in t_ddp:  # the EMA on shards (the geo prototypes' too) is DDP's
         torch.testing.assert_close(t_fsdp[k], t_ddp[k], rtol=1e-3, atol=1e-4, msg=k)
+    assert got["fsdp_checkpointed"] == pytest.approx(got["fsdp"], rel=1e-6)  # recomputed, not changed
     # inductor's fused float32 kernels sum in another order: ~1e-4 apart after one step here
     assert got["fsdp_compiled"] == pytest.approx(got["fsdp"], rel=5e-4)
 
