@@ -576,12 +576,11 @@ def _full_model_state(model: nn.Module, fsdp: bool) -> dict[str, Any]:
 def _full_states(
     student: Student, teacher: Student, opt: torch.optim.Optimizer, fsdp: bool
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Whole model states (:func:`_full_model_state`) and optimiser state (FQN-keyed under FSDP)."""
-    models = {"student": _full_model_state(student, fsdp), "teacher": _full_model_state(teacher, fsdp)}
-    if not fsdp:
-        return models, opt.state_dict()
+    """Whole model states (:func:`_full_model_state`) and the optimiser state keyed by parameter name
+    (DCP's full optimiser state dict, whatever the strategy), so any strategy resumes any checkpoint."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    models = {"student": _full_model_state(student, fsdp), "teacher": _full_model_state(teacher, fsdp)}
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return models, get_optimizer_state_dict(student, opt, options=full)
 
@@ -594,28 +593,30 @@ def _load_states(
     opt: torch.optim.Optimizer,
     fsdp: bool,
 ) -> None:
-    """Restore a checkpoint written by either strategy (the optimiser only by the same one)."""
-    centers.load_state_dict(ck["centers"])
-    fmt = ck.get("optimizer_format", "index")
-    if (fmt == "fqn") != fsdp:
-        raise ValueError(
-            f"checkpoint optimiser state was written with strategy={'fsdp' if fmt == 'fqn' else 'ddp'}: "
-            "resume with the same strategy (model weights load with either: start a new run from them)"
-        )
-    if not fsdp:
-        student.load_state_dict(ck["student"])
-        teacher.load_state_dict(ck["teacher"])
-        opt.load_state_dict(ck["optimizer"])
-        return
+    """Restore a checkpoint written by any strategy and number of ranks (optimiser state keyed by name;
+    the position-keyed state of checkpoints before session 23 resumes without FSDP only)."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
 
-    full = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(student, ck["student"], options=full)
-    set_model_state_dict(teacher, ck["teacher"], options=full)
+    centers.load_state_dict(ck["centers"])
+    if fsdp:
+        full = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(student, ck["student"], options=full)
+        set_model_state_dict(teacher, ck["teacher"], options=full)
+    else:
+        student.load_state_dict(ck["student"])
+        teacher.load_state_dict(ck["teacher"])
+    if ck.get("optimizer_format", "index") == "index":
+        if fsdp:
+            raise ValueError(
+                "this checkpoint's optimiser state is keyed by position (an older DDP or single-process "
+                "run): resume it with strategy=ddp, or start an FSDP run from its weights (init_from=PATH)"
+            )
+        opt.load_state_dict(ck["optimizer"])
+        return
     # not strict: AdamW has no state for parameters that never had a gradient (the fusion of an hr-only
     # run, the norms of hr stages no loss reads), so the checkpoint has none; the model loads stay strict
     lenient = StateDictOptions(full_state_dict=True, strict=False)
@@ -870,7 +871,7 @@ def _checkpoint(
         **models,
         "centers": centers.state_dict(),
         "optimizer": optim,
-        "optimizer_format": "fqn" if fsdp else "index",
+        "optimizer_format": "fqn",
         "step": step,
         "data": {"seed": cfg.seed, "position": step * cfg.batch_size, "world": world},
         "rng": rngs,

@@ -217,6 +217,30 @@ def test_resume_is_bit_exact_and_outputs(tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_resume_of_a_position_keyed_optimiser_state_is_exact(tmp_path):
+    """Checkpoints before session 23 keyed AdamW's state by position (``opt.state_dict()``); they still
+    resume exactly without FSDP. Built here from a name-keyed one, in the trainer's group order."""
+    full = train(tiny_cfg(tmp_path / "full"))
+    part = train(tiny_cfg(tmp_path / "old", stop_after=2))
+    path = tmp_path / "old" / "last.ckpt"
+    ck = torch.load(path, weights_only=True)
+    assert ck["optimizer_format"] == "fqn"
+    cfg = tiny_cfg(tmp_path / "old")
+    student, _, _ = trainer.build_pretrain(trainer.initial_encoder(cfg), cfg.pretrain)
+    names = {id(p): n for n, p in student.named_parameters()}
+    order = [names[id(p)] for g in trainer.param_groups(student) for p in g["params"]]
+    groups, start = [], 0
+    for g in ck["optimizer"]["param_groups"]:
+        groups.append({**g, "params": list(range(start, start + len(g["params"])))})
+        start += len(g["params"])
+    assert [n for g in ck["optimizer"]["param_groups"] for n in g["params"]] == order
+    state = {i: ck["optimizer"]["state"][n] for i, n in enumerate(order) if n in ck["optimizer"]["state"]}
+    ck.update(optimizer={"state": state, "param_groups": groups}, optimizer_format="index")
+    torch.save(ck, path)
+    rest = train(cfg, resume=True)
+    assert part["losses"] + rest["losses"] == full["losses"]  # bit for bit
+
+
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
@@ -393,9 +417,11 @@ ddp = train(cfg("ddp", strategy="ddp"))
 fsdp = train(cfg("fsdp", strategy="fsdp"))
 first = train(cfg("resumed", strategy="fsdp", stop_after=2))
 second = train(cfg("resumed", strategy="fsdp"), resume=True)
+ddp_first = train(cfg("switched", strategy="ddp", stop_after=2))
+fsdp_then = train(cfg("switched", strategy="fsdp"), resume=True)
 if dist.get_rank() == 0:
-    json.dump({{"ddp": ddp["losses"], "fsdp": fsdp["losses"], "resumed": first["losses"] + second["losses"]}},
-              open(out / "losses.json", "w"))
+    json.dump({{"ddp": ddp["losses"], "fsdp": fsdp["losses"], "resumed": first["losses"] + second["losses"],
+               "switched": ddp_first["losses"] + fsdp_then["losses"]}}, open(out / "losses.json", "w"))
     torch.save(ddp["teacher"], out / "teacher_ddp.pt")
     torch.save(fsdp["teacher"], out / "teacher_fsdp.pt")
 dist.barrier()
@@ -405,8 +431,9 @@ os._exit(0)
 """
 
 
-def test_fsdp2_two_ranks_matches_ddp_and_resumes_exactly(tmp_path):
-    """FSDP2 (sharded student, teacher, AdamW states) does the same maths as DDP; kill + resume is exact."""
+def test_fsdp2_two_ranks_matches_ddp_and_resumes_exactly(tmp_path, capsys):
+    """FSDP2 (sharded student, teacher, AdamW states) does the same maths as DDP; kill + resume is exact;
+    a DDP checkpoint resumes under FSDP and an FSDP one in a single process."""
     import json
 
     _torchrun(FSDP_SCRIPT, tmp_path, timeout=300)
@@ -414,6 +441,7 @@ def test_fsdp2_two_ranks_matches_ddp_and_resumes_exactly(tmp_path):
     assert len(losses["ddp"]) == len(losses["fsdp"]) == 3
     assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-4)  # reduction order differs, not the maths
     assert losses["resumed"] == losses["fsdp"]  # bit-exact
+    assert losses["switched"] == pytest.approx(losses["ddp"], rel=1e-4)  # DDP checkpoint, FSDP resume
     t_ddp = torch.load(tmp_path / "teacher_ddp.pt", weights_only=True)
     t_fsdp = torch.load(tmp_path / "teacher_fsdp.pt", weights_only=True)
     assert t_ddp.keys() == t_fsdp.keys()  # full (unsharded) states, the same keys
@@ -428,6 +456,18 @@ def test_fsdp2_two_ranks_matches_ddp_and_resumes_exactly(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(again[k], v), k
         assert torch.equal(v, ck["teacher"]["backbone." + k]), k
+    # the FSDP run goes on in one process: its optimiser state carries over (AdamW's step count)
+    import shutil
+
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "alone")
+    cfg = tiny_cfg(
+        tmp_path / "alone", steps=4, ckpt_every=1, bf16=False, data=DataConfig(tile=16, num_samples=4)
+    )
+    assert len(train(cfg, resume=True)["losses"]) == 1
+    assert "checkpoint from 2 rank(s), now 1" in capsys.readouterr().out
+    state = load_checkpoint(tmp_path / "alone" / "last.ckpt")["optimizer"]["state"]
+    embed = next(k for k in ck["optimizer"]["state"] if "patch_embed" in k and k.endswith("weight"))
+    assert float(ck["optimizer"]["state"][embed]["step"]) == 3 and float(state[embed]["step"]) == 4
 
 
 SKIP_SCRIPT = """
