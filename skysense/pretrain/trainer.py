@@ -93,6 +93,14 @@ class DataConfig:
     num_dates: dict[str, int] = field(default_factory=lambda: {"s2": 3, "s1": 2})  # synthetic, at most
 
 
+# the least value of each numeric TrainConfig field that has one (checked when a config is built)
+MINIMUM: dict[str, float] = {"steps": 1, "batch_size": 1, "log_every": 1}
+MINIMUM |= dict.fromkeys(("warmup_steps", "ckpt_every", "stop_after", "teacher_temp_warmup_steps"), 0)
+MINIMUM |= dict.fromkeys(
+    ("dense_warmup_steps", "lr", "min_lr", "clip_grad", "weight_decay", "weight_decay_end"), 0
+)
+
+
 @dataclass
 class TrainConfig:
     """Everything of one run; the YAML files in ``configs/pretrain/`` set these fields (nested ones too)."""
@@ -130,6 +138,13 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
+    def __post_init__(self) -> None:
+        for name, low in MINIMUM.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"TrainConfig {name}={getattr(self, name)!r}: must be at least {low}")
+        if not 0.0 <= self.ema_momentum <= 1.0:
+            raise ValueError(f"TrainConfig ema_momentum={self.ema_momentum!r}: must be in [0, 1]")
+
     @property
     def weights_seed(self) -> int:
         """The seed of the initial weights: ``init_seed``, else ``seed``."""
@@ -150,9 +165,25 @@ def _as_float(value: Any) -> Any:
         return value
 
 
+def _checked(where: str, value: Any, hint: Any) -> Any:
+    """``value`` of an ``int``, ``int | None``, ``bool`` or ``str`` field, or a ValueError naming it."""
+    if hint == int | None and value is None:
+        return None
+    if hint in (int, int | None):
+        number = _as_float(value)  # YAML reads 1e3 as a string
+        if isinstance(number, float) and number.is_integer():
+            return int(number)
+        raise ValueError(f"{where}={value!r}: expected a whole number")
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"{where}={value!r}: expected true or false")
+    if hint is str and not isinstance(value, str):
+        raise ValueError(f"{where}={value!r}: expected a string")
+    return value
+
+
 def from_dict(cls: Any, d: dict[str, Any]) -> Any:
     """A dataclass from a nested dict; lists become tuples where the default is a tuple, numbers
-    floats where the field is a float or a ``dict[str, float]``."""
+    floats where the field is a float or a ``dict[str, float]``; int, bool and str fields are checked."""
     default = cls()
     hints = typing.get_type_hints(cls)
     kw: dict[str, Any] = {}
@@ -171,6 +202,8 @@ def from_dict(cls: Any, d: dict[str, Any]) -> Any:
                 raise ValueError(f"{cls.__name__} {key}={value!r}: expected a number")
         elif isinstance(value, dict) and hint == dict[str, float]:
             value = {k: _as_float(v) for k, v in value.items()}
+        else:
+            value = _checked(f"{cls.__name__} {key}", value, hint)
         kw[key] = value
     return dataclasses.replace(default, **kw)
 

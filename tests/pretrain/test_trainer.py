@@ -278,6 +278,30 @@ def test_cli_configs_and_overrides(tmp_path):
         load_config(None, ["stepz=3"])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("steps=abc", "TrainConfig steps='abc': expected a whole number"),
+        ("init_seed=2.5", "TrainConfig init_seed=2.5: expected a whole number"),
+        ("bf16=maybe", "TrainConfig bf16='maybe': expected true or false"),
+        ("compile=1", "TrainConfig compile=1: expected a string"),
+        ("data.tile=abc", "DataConfig tile='abc': expected a whole number"),
+        ("batch_size=0", "TrainConfig batch_size=0: must be at least 1"),
+        ("lr=-1", "TrainConfig lr=-1.0: must be at least 0"),
+        ("ema_momentum=1.5", r"TrainConfig ema_momentum=1.5: must be in \[0, 1\]"),
+    ],
+)
+def test_bad_config_values_name_the_field(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
+
+
+def test_config_values_that_mean_a_whole_number_are_taken():
+    cfg = load_config(None, ["steps=1e3", "warmup_steps=10.0", "init_seed=null", "data.tile=32"])
+    assert (cfg.steps, cfg.warmup_steps, cfg.init_seed, cfg.data.tile) == (1000, 10, None, 32)
+    assert all(type(v) is int for v in (cfg.steps, cfg.warmup_steps, cfg.data.tile))
+
+
 def test_real_sen1floods11_tiles():
     root = trainer.data_root(DataConfig())
     if not (root / "sen1floods11").exists():
