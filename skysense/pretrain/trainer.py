@@ -447,7 +447,29 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint of tensors and plain containers (``weights_only``: no code runs); a clear error for a
+    missing or damaged file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip: RuntimeError; bytes of no checkpoint: KeyError, UnpicklingError
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {first}). The trainer replaces its "
+            "checkpoints atomically, so the file was damaged or swapped after writing: restore a copy, "
+            "or delete it to start the run afresh"
+        ) from None
+
+
+def _config_diff(old: Any, new: Any, where: str = "") -> list[str]:
+    """Leaves that differ between two ``dataclasses.asdict`` configs, as ``key: old -> new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in _config_diff(old.get(k), new.get(k), f"{where}{k}.")]
+    plain = [list(x) if isinstance(x, tuple) else x for x in (old, new)]
+    return [] if plain[0] == plain[1] else [f"{where[:-1]}: {old!r} -> {new!r}"]
 
 
 def load_init(path: str | Path, student: Student, teacher: Student) -> None:
@@ -749,7 +771,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     ckpt_path = out_dir / CKPT
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
-        _load_states(ck, student, teacher, centers, opt, fsdp)
+        try:
+            _load_states(ck, student, teacher, centers, opt, fsdp)
+        except (RuntimeError, KeyError) as e:  # mis-shaped, missing or unexpected tensors
+            diff = _config_diff(ck.get("config", {}), dataclasses.asdict(cfg))
+            raise ValueError(
+                f"{ckpt_path} does not fit this run's model ({' '.join(str(e).split()[:40])}). Its config "
+                f"differs in: {'; '.join(diff) or 'nothing recorded'}. Resume with that run's config, "
+                "or set another out_dir to start afresh"
+            ) from None
         start = int(ck["step"])
         rngs = ck["rng"]
         if len(rngs) == world:

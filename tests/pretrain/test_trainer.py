@@ -241,6 +241,22 @@ def test_resume_of_a_position_keyed_optimiser_state_is_exact(tmp_path):
     assert part["losses"] + rest["losses"] == full["losses"]  # bit for bit
 
 
+def test_resume_refuses_a_checkpoint_of_another_config_or_a_damaged_one(tmp_path):
+    train(tiny_cfg(tmp_path / "run", steps=2))
+    other = tiny_cfg(tmp_path / "run", pretrain=PretrainConfig(heads=HeadConfig(32, 16, 16)))
+    with pytest.raises(
+        ValueError, match=r"does not fit .* differs in: pretrain.heads.out_dim: 32 -> 16;"
+    ):
+        train(other, resume=True)
+    path = tmp_path / "run" / "last.ckpt"
+    for damaged in (path.read_bytes()[:1000], b"hello"):
+        path.write_bytes(damaged)
+        with pytest.raises(
+            ValueError, match="not a readable checkpoint .* delete it to start the run afresh"
+        ):
+            train(tiny_cfg(tmp_path / "run"), resume=True)
+
+
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
