@@ -9,10 +9,32 @@ transformer, 4096 x 100 geo-context prototypes).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 MODALITIES: tuple[str, ...] = ("hr", "s2", "s1")
+
+
+def check_ranges(
+    where: str,
+    cfg: Any,
+    at_least: Mapping[str, float] | None = None,
+    above: Mapping[str, float] | None = None,
+    within: Mapping[str, tuple[float, float]] | None = None,
+) -> None:
+    """A ValueError naming the first field of ``cfg`` out of range (``where`` prefixes its name, e.g.
+    ``pretrain.loss.``): ``at_least`` name -> least value, ``above`` name -> a strict bound, ``within``
+    name -> closed interval."""
+    for name, low in (at_least or {}).items():
+        if not getattr(cfg, name) >= low:
+            raise ValueError(f"{where}{name}={getattr(cfg, name)!r}: must be at least {low}")
+    for name, low in (above or {}).items():
+        if not getattr(cfg, name) > low:
+            raise ValueError(f"{where}{name}={getattr(cfg, name)!r}: must be above {low}")
+    for name, (low, high) in (within or {}).items():
+        if not low <= getattr(cfg, name) <= high:
+            raise ValueError(f"{where}{name}={getattr(cfg, name)!r}: must be in [{low}, {high}]")
 
 
 @dataclass

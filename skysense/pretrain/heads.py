@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from skysense.config import check_ranges
+
 GRANULARITIES: tuple[str, ...] = ("pix", "obj", "img")
 
 
@@ -44,6 +46,10 @@ class HeadConfig:
     share_granularities: bool = True
     cma_dim: int = 256  # width of the shared cross-modal embedding (0 = use the aligned features as-is)
     standardise: tuple[str, ...] = ("hr", "fused")  # streams whose head input is standardised (module doc)
+
+    def __post_init__(self) -> None:
+        dims = dict.fromkeys(("hidden_dim", "bottleneck_dim", "out_dim", "n_layers"), 1)
+        check_ranges("pretrain.heads.", self, at_least=dims | {"cma_dim": 0})
 
 
 class DINOHead(nn.Module):

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from skysense.config import check_ranges
 from skysense.pretrain.heads import GRANULARITIES
 
 Head = Callable[[Tensor], Tensor]  # features (n, D) -> logits (n, K)
@@ -79,6 +80,14 @@ class LossConfig:
     max_pixels: int = 0  # L_pix on at most this many random (cell, date) pairs per direction; 0 = all
 
     def __post_init__(self) -> None:
+        check_ranges(
+            "pretrain.loss.",
+            self,
+            at_least={"num_clusters": 1, "cluster_iters": 0, "sinkhorn_iters": 1, "obj_min_mass": 0}
+            | {"cma_weight": 0, "max_pixels": 0},
+            above=dict.fromkeys(("student_temp", "teacher_temp", "sinkhorn_eps", "cma_temp"), 0),
+            within={"center_momentum": (0, 1), "gcpl_momentum": (0, 1)},
+        )
         if self.centering not in ("ema", "sinkhorn"):
             raise ValueError(f"pretrain.loss.centering={self.centering!r}: use 'ema' or 'sinkhorn'")
         for stream, names in self.levels.items():

@@ -55,7 +55,7 @@ from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from skysense.checkpoint import LoadReport, load_state_checked
-from skysense.config import SkySenseConfig, get_preset
+from skysense.config import SkySenseConfig, check_ranges, get_preset
 from skysense.data.collate import collate
 from skysense.data.root import data_root as default_data_root
 from skysense.models.skysense import SkySense, build_model
@@ -91,6 +91,12 @@ class DataConfig:
     split: str = "train"  # aid: hash split (train/val/test) used for pre-training
     num_samples: int = 8  # synthetic
     num_dates: dict[str, int] = field(default_factory=lambda: {"s2": 3, "s1": 2})  # synthetic, at most
+
+    def __post_init__(self) -> None:
+        check_ranges("data.", self, at_least={"tile": 1, "hr_tile": 1, "num_samples": 1})
+        unknown = [m for m in self.modalities if m not in ("hr", "s2", "s1")]
+        if unknown:
+            raise ValueError(f"data.modalities: unknown {unknown}: use hr, s2, s1")
 
 
 # the least value of each numeric TrainConfig field that has one (checked when a config is built)
@@ -139,11 +145,7 @@ class TrainConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def __post_init__(self) -> None:
-        for name, low in MINIMUM.items():
-            if getattr(self, name) < low:
-                raise ValueError(f"TrainConfig {name}={getattr(self, name)!r}: must be at least {low}")
-        if not 0.0 <= self.ema_momentum <= 1.0:
-            raise ValueError(f"TrainConfig ema_momentum={self.ema_momentum!r}: must be in [0, 1]")
+        check_ranges("TrainConfig ", self, at_least=MINIMUM, within={"ema_momentum": (0, 1)})
 
     @property
     def weights_seed(self) -> int:
@@ -399,6 +401,10 @@ def build_dataset(cfg: DataConfig, seed: int = 0) -> Sequence[dict[str, Any]]:
         )
         for i in range(len(ds)):
             samples += tiles_of(norm(ds[i]), cfg.tile)
+    if not samples:
+        raise ValueError(
+            f"data.tile={cfg.tile}: larger than every image of {list(cfg.sources)}: use a smaller one"
+        )
     if len({s["s2"].shape[-3] for s in samples if "s2" in s}) > 1:
         raise ValueError(f"data.sources {list(cfg.sources)}: s2 band counts differ; do not mix slovenia")
     return samples

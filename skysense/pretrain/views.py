@@ -31,6 +31,8 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
+from skysense.config import check_ranges
+
 SERIES: tuple[str, ...] = ("s2", "s1")
 IMAGES: tuple[str, ...] = ("hr", "s2", "s1")
 
@@ -54,6 +56,23 @@ class ViewConfig:
     local_crops: int = 0  # DINO multi-crop: extra small views, student only, image level (0 = off)
     local_scale: tuple[float, float] = (0.05, 0.25)  # their crop area
     local_size: dict[str, int] = field(default_factory=dict)  # their side; default = half the view's
+
+    def __post_init__(self) -> None:
+        odds = dict.fromkeys(("hflip", "vflip", "hr_grayscale", "hr_blur"), (0, 1))
+        check_ranges(
+            "pretrain.views.",
+            self,
+            at_least=dict.fromkeys(("date_jitter", "hr_jitter", "local_crops"), 0),
+            within=odds,
+        )
+        for name in ("scale", "local_scale"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"pretrain.views.{name}={getattr(self, name)!r}: need 0 < low <= high <= 1")
+        for name in ("size", "num_dates", "local_size"):
+            bad = {m: n for m, n in getattr(self, name).items() if not (isinstance(n, int) and n >= 1)}
+            if bad:
+                raise ValueError(f"pretrain.views.{name}: {bad}: every value must be a whole number >= 1")
 
 
 @dataclass

@@ -244,9 +244,7 @@ def test_resume_of_a_position_keyed_optimiser_state_is_exact(tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_config_or_a_damaged_one(tmp_path):
     train(tiny_cfg(tmp_path / "run", steps=2))
     other = tiny_cfg(tmp_path / "run", pretrain=PretrainConfig(heads=HeadConfig(32, 16, 16)))
-    with pytest.raises(
-        ValueError, match=r"does not fit .* differs in: pretrain.heads.out_dim: 32 -> 16;"
-    ):
+    with pytest.raises(ValueError, match=r"does not fit .* differs in: pretrain.heads.out_dim: 32 -> 16;"):
         train(other, resume=True)
     path = tmp_path / "run" / "last.ckpt"
     for damaged in (path.read_bytes()[:1000], b"hello"):
@@ -305,6 +303,15 @@ def test_cli_configs_and_overrides(tmp_path):
         ("batch_size=0", "TrainConfig batch_size=0: must be at least 1"),
         ("lr=-1", "TrainConfig lr=-1.0: must be at least 0"),
         ("ema_momentum=1.5", r"TrainConfig ema_momentum=1.5: must be in \[0, 1\]"),
+        ("data.tile=0", "data.tile=0: must be at least 1"),
+        ("data.modalities=[s3]", r"data.modalities: unknown \['s3'\]: use hr, s2, s1"),
+        ("pretrain.loss.teacher_temp=0", "pretrain.loss.teacher_temp=0.0: must be above 0"),
+        ("pretrain.loss.num_clusters=0", "pretrain.loss.num_clusters=0: must be at least 1"),
+        ("pretrain.loss.gcpl_momentum=2", r"pretrain.loss.gcpl_momentum=2.0: must be in \[0, 1\]"),
+        ("pretrain.heads.out_dim=0", "pretrain.heads.out_dim=0: must be at least 1"),
+        ("pretrain.views.hflip=2", r"pretrain.views.hflip=2.0: must be in \[0, 1\]"),
+        ("pretrain.views.scale=[0.5,0.2]", r"pretrain.views.scale=\(0.5, 0.2\): need 0 < low <= high <= 1"),
+        ("pretrain.views.num_dates={s2: 0}", r"pretrain.views.num_dates: \{'s2': 0\}: every value must be"),
     ],
 )
 def test_bad_config_values_name_the_field(override, message):
@@ -328,6 +335,8 @@ def test_real_sen1floods11_tiles():
     assert s["s2"].shape == (1, 10, 64, 64) and s["s1"].shape == (1, 2, 64, 64)
     assert set(s) == {"s2", "s1", "s2_dates", "s1_dates", "lat", "lon"}
     assert torch.isfinite(s["s2"]).all() and s["s2"].abs().mean() < 10  # normalised
+    with pytest.raises(ValueError, match="data.tile=1024: larger than every image of .'sen1floods11'"):
+        build_dataset(DataConfig(sources=("sen1floods11",), tile=1024))
 
 
 def test_real_slovenia_series_trains_fusion_and_geo_context(tmp_path):
