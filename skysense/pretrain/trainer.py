@@ -55,7 +55,7 @@ from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from skysense.checkpoint import LoadReport, load_state_checked
-from skysense.config import SkySenseConfig, check_ranges, get_preset
+from skysense.config import MODALITIES, SkySenseConfig, check_ranges, get_preset
 from skysense.data.collate import collate
 from skysense.data.root import data_root as default_data_root
 from skysense.models.skysense import SkySense, build_model
@@ -94,7 +94,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_ranges("data.", self, at_least={"tile": 1, "hr_tile": 1, "num_samples": 1})
-        unknown = [m for m in self.modalities if m not in ("hr", "s2", "s1")]
+        unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown:
             raise ValueError(f"data.modalities: unknown {unknown}: use hr, s2, s1")
 
