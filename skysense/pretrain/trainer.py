@@ -462,6 +462,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip: RuntimeError; bytes of no checkpoint: KeyError, UnpicklingError
         first = (str(e).splitlines() or [""])[0][:200]
+        if "Weights only load failed" in str(e):
+            raise ValueError(
+                f"{path}: refused unread: it holds Python objects beyond tensors and plain containers, and "
+                "loading it could run code. Trainer checkpoints never do: is it another program's file?"
+            ) from None
         raise ValueError(
             f"{path}: not a readable checkpoint ({type(e).__name__}: {first}). The trainer replaces its "
             "checkpoints atomically, so the file was damaged or swapped after writing: restore a copy, "

@@ -253,6 +253,9 @@ def test_resume_refuses_a_checkpoint_of_another_config_or_a_damaged_one(tmp_path
             ValueError, match="not a readable checkpoint .* delete it to start the run afresh"
         ):
             train(tiny_cfg(tmp_path / "run"), resume=True)
+    torch.save({"student": {}, "code": argparse.Namespace()}, path)  # an object weights_only refuses
+    with pytest.raises(ValueError, match="refused unread: it holds Python objects"):
+        train(tiny_cfg(tmp_path / "run"), resume=True)
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
