@@ -863,6 +863,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         params = [p for p in student.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
         grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+        if not math.isfinite(grad_norm):  # the same global norm on every rank: all of them stop here
+            terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in out.items())
+            saved = max(start, step - step % cfg.ckpt_every) if cfg.ckpt_every else start
+            last = f"{ckpt_path} (step {saved})" if saved else "none written yet"
+            raise FloatingPointError(
+                f"step {step + 1}: the gradient norm is {grad_norm} ({terms}): training diverged or an input "
+                f"holds NaN/inf. Nothing was updated; the last checkpoint, {last}, is untouched. Resume from "
+                "it with a lower lr or clip_grad > 0, or check the data (skysense data inspect)"
+            )
         opt.step()
         ema_update_(teacher, student, momentum)
 

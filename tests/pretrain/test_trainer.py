@@ -258,6 +258,27 @@ def test_resume_refuses_a_checkpoint_of_another_config_or_a_damaged_one(tmp_path
         train(tiny_cfg(tmp_path / "run"), resume=True)
 
 
+def test_a_non_finite_step_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    step = trainer.pretrain_step
+    calls = []
+
+    def poisoned(*args, **kwargs):  # the third step's loss turns NaN, as a diverging run's would
+        out = step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            out.losses["loss"] = out.losses["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer, "pretrain_step", poisoned)
+    with pytest.raises(
+        FloatingPointError, match=r"step 3: the gradient norm is nan .* \(step 2\), is untouched"
+    ):
+        train(tiny_cfg(tmp_path / "run", ckpt_every=2))
+    ck = load_checkpoint(tmp_path / "run" / "last.ckpt")
+    assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["student"].values())
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 2
+
+
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
