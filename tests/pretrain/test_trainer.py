@@ -461,7 +461,10 @@ def _torchrun(script_text: str, tmp_path: Path, timeout: int = 180) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
         proc.communicate()
         pytest.fail(f"2-rank run did not finish in {timeout} s")
-    assert proc.returncode == 0, err[-3000:]
+    if proc.returncode != 0:
+        (tmp_path / "stderr.txt").write_text(err)
+        first = [line for line in err.splitlines() if "Error" in line or "what():" in line][:6]
+        pytest.fail("2-rank run failed; first errors:\n" + "\n".join(first) + "\n...\n" + err[-2000:])
 
 
 def test_ddp_two_ranks_gloo(tmp_path):
