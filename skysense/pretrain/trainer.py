@@ -952,19 +952,22 @@ def _checkpoint(
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, rng)
         rngs = gathered
-    if rank != 0:
-        return
-    state = {
-        **models,
-        "centers": centers.state_dict(),
-        "optimizer": optim,
-        "optimizer_format": "fqn",
-        "step": step,
-        "data": {"seed": cfg.seed, "position": step * cfg.batch_size, "world": world},
-        "rng": rngs,
-        "config": dataclasses.asdict(cfg),
-    }
-    save_checkpoint(path, state)
+    if rank == 0:
+        state = {
+            **models,
+            "centers": centers.state_dict(),
+            "optimizer": optim,
+            "optimizer_format": "fqn",
+            "step": step,
+            "data": {"seed": cfg.seed, "position": step * cfg.batch_size, "world": world},
+            "rng": rngs,
+            "config": dataclasses.asdict(cfg),
+        }
+        save_checkpoint(path, state)
+    if world > 1:
+        # every rank leaves once the file is in place: a resume in the same processes (a second train()
+        # call) would otherwise let rank 1 read the previous checkpoint and run steps rank 0 skips
+        dist.barrier()
 
 
 def initial_encoder(cfg: TrainConfig, grad_checkpointing: bool = False) -> SkySense:

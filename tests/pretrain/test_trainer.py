@@ -493,8 +493,16 @@ ddp = train(cfg("ddp", strategy="ddp"))
 fsdp = train(cfg("fsdp", strategy="fsdp"))
 first = train(cfg("resumed", strategy="fsdp", stop_after=2))
 second = train(cfg("resumed", strategy="fsdp"), resume=True)
+import time
+from skysense.pretrain import trainer
+save = trainer.save_checkpoint
+def slow_save(*a):  # a slow disk: rank 1 must not resume from the checkpoint before this one
+    time.sleep(1.0)
+    save(*a)
+trainer.save_checkpoint = slow_save
 ddp_first = train(cfg("switched", strategy="ddp", stop_after=2))
 fsdp_then = train(cfg("switched", strategy="fsdp"), resume=True)
+trainer.save_checkpoint = save
 if dist.get_rank() == 0:
     json.dump({{"ddp": ddp["losses"], "fsdp": fsdp["losses"], "resumed": first["losses"] + second["losses"],
                "switched": ddp_first["losses"] + fsdp_then["losses"]}}, open(out / "losses.json", "w"))
