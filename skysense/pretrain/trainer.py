@@ -772,6 +772,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         whole = geo is not None and not geo.prototypes.requires_grad
         for module in (student, teacher):
             shard_(module, device, whole)
+        # FSDP2 keeps a root's own parameters gathered after forward, for a backward the teacher never
+        # runs: reshard them after each forward, or the EMA pairs whole teacher tensors with student
+        # shards (e.g. the geo prototypes when GCPL is off and they are not kept whole)
+        typing.cast(FSDPModule, teacher).set_reshard_after_forward(True, recurse=False)
     # fused AdamW: one kernel per parameter group instead of a Python loop of ~7 calls per tensor
     # (~1,200 calls a step for `tiny`, BENCHMARKS.md session 15); FSDP2's DTensor shards keep the default.
     opt = torch.optim.AdamW(param_groups(student), lr=cfg.lr, betas=(0.9, 0.999), fused=not fsdp)
@@ -849,11 +853,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         student.train()
         with autocast:
             out = step_module(_to(batch, device), gen)
-        if isinstance(teacher, FSDPModule):
-            # FSDP2 keeps a root's own parameters gathered after forward, for a backward the teacher
-            # never runs: shard them back, or the EMA pairs whole teacher tensors with student shards
-            # (e.g. the geo prototypes when GCPL is off and they are not kept whole)
-            teacher.reshard()
         if world > 1:  # in-place updates from local batches -> the same on every rank
             geo = student.backbone.geo
             _average_([*centers.buffers(), *([geo.prototypes.data] if geo is not None else [])], world)
