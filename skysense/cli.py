@@ -16,10 +16,8 @@ def _register_model(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_data(sub: argparse._SubParsersAction) -> None:
-    try:
-        from skysense.data import cli as data_cli
-    except ImportError:  # the data layer is optional while it is being built
-        return
+    from skysense.data import cli as data_cli
+
     data_cli.add_commands(sub)
 
 
