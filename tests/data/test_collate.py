@@ -54,14 +54,14 @@ def test_dataloader_workers_roundtrip() -> None:
 def test_real_batch_feeds_the_model() -> None:
     """BigEarthNet-MM s2 + s1 -> crop, Normalize, collate -> the tiny model (no hr) runs on it."""
     from skysense.data import BigEarthNetMM, CenterCrop, Compose, Normalize
+    from skysense.models.skysense import build_model
 
     from .conftest import data_path
 
-    models = pytest.importorskip("skysense.models.skysense")
     ds = BigEarthNetMM(data_path("bigearthnet_mm"), transforms=Compose([CenterCrop(64), Normalize()]))
     batch = collate([ds[0], ds[1]])
     assert batch["s2"].shape == (2, 1, 10, 64, 64) and batch["s1_dates"].dtype == torch.int64
-    model = models.build_model("tiny", hr=None).eval()
+    model = build_model("tiny", hr=None).eval()
     with torch.no_grad():
         out = model(batch)
     assert out["fused"].shape[0] == 2 and torch.isfinite(out["fused"]).all()
