@@ -12,39 +12,42 @@ header's ``__metadata__`` (safetensors allows only string values there). It hold
     sources          [{file, sha256, parts}] the files a conversion read
     license, notes   free text
 
-Files are written atomically (a temporary file in the same directory, then ``os.replace``), so a
-crash never leaves a half-written checkpoint under the final name.
+Files are written atomically (:func:`skysense.files.atomic_write`), so a crash never leaves a
+half-written checkpoint under the final name.
 
-Loading (:func:`load_pretrained`) validates the metadata, builds the model from the stored
-config, checks every tensor's key and shape, loads with ``strict=True`` semantics (a tensor the
-model lacks is an error; a model tensor the file lacks is an error unless the caller names it in
-``allow_missing``) and attaches an :class:`InputContract` that checks every sample fed to the
-model (band count, dtype, and whether values look normalised), so a mismatched input is a clear
-error rather than silent garbage. Official ``.pth`` files (spec Sec. 5) are converted on the fly
-by :mod:`skysense.convert`.
+Here: the metadata, the :class:`InputContract` that checks every sample fed to a loaded model
+(band count, dtype, and whether values look normalised, so a mismatched input is a clear error
+rather than silent garbage), the checked load of a state dict (:func:`load_state_checked`: a
+tensor the model lacks, a shape or dtype mismatch, a model tensor the file lacks are errors) and
+the writer/reader of the file. :mod:`skysense.convert` imports official ``.pth`` files (spec Sec. 5)
+into this format, :mod:`skysense.export` a pre-training run's checkpoint, and
+:func:`skysense.pretrained.load_pretrained` loads any of them into a ready model.
 
-Security: ``.pth`` files are read with ``torch.load(..., weights_only=True)`` only; a pickle that
-holds code or objects other than tensors and plain containers is refused
-(:class:`UnsafeCheckpointError`) and nothing in it is executed.
+Security: ``.pth`` files are read by :func:`skysense.files.safe_torch_load` only
+(``weights_only=True``); a pickle that holds code or objects other than tensors and plain
+containers is refused (:class:`UnsafeCheckpointError`) and nothing in it is executed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import pickle
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from skysense.bands import HR_BANDS, HR_NIR_BANDS, NORM_STATS, S1_BANDS, S2_BANDS
 from skysense.config import MODALITIES, SkySenseConfig
+from skysense.files import (
+    DamagedCheckpointError,
+    UnsafeCheckpointError,
+    atomic_write,
+    safe_torch_load,
+    sha256_file,
+)
 
 FORMAT_VERSION = 1
 META_KEY = "skysense"
@@ -82,43 +85,6 @@ def _version() -> str:
     import skysense
 
     return str(getattr(skysense, "__version__", ""))
-
-
-class UnsafeCheckpointError(ValueError):
-    """A pickle holds code or objects beyond tensors; it was not loaded."""
-
-
-# ---------------------------------------------------------------------------------- safe .pth loading
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)``, refusing code payloads clearly."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
-    try:
-        try:  # memory-mapped where the file is in the zip format (the 2B-parameter files are large)
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UnsafeCheckpointError(
-            f"{path}: refused: the file holds code or Python objects beyond tensors and plain containers, "
-            "so it was NOT loaded (loading it could run arbitrary code). If you trust its origin, extract "
-            "the state dict in an isolated environment and re-save it with torch.save(state_dict, ...). "
-            f"(torch: {first})"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
 
 
 # ---------------------------------------------------------------------------------- metadata
@@ -308,8 +274,8 @@ def default_meta(
 class InputContract:
     """What a sample fed to the model must look like: the bands, and normalised values.
 
-    ``check_sample`` raises ValueError/TypeError with the fix; :func:`load_pretrained` runs it
-    before every forward (a forward pre-hook).
+    ``check_sample`` raises ValueError/TypeError with the fix;
+    :func:`~skysense.pretrained.load_pretrained` runs it before every forward (a forward pre-hook).
     """
 
     modalities: dict[str, ModalitySpec]
@@ -417,9 +383,8 @@ class LoadReport:
     def summary(self) -> str:
         lines = [f"loaded      {len(self.loaded)} tensors ({self.loaded_numel / 1e6:.2f}M values)"]
         for s in self.sources:
-            lines.append(
-                f"  from {s.get('file')}  parts={s.get('parts')}  sha256={str(s.get('sha256'))[:16]}..."
-            )
+            parts = f"  parts={s['parts']}" if "parts" in s else ""
+            lines.append(f"  from {s.get('file')}{parts}  sha256={str(s.get('sha256'))[:16]}...")
         lines.append(f"ignored     {len(self.ignored)} tensors")
         reasons: dict[str, int] = {}
         for reason in self.ignored.values():
@@ -433,14 +398,6 @@ class LoadReport:
             lines.append("assumed (not recoverable from the weights):")
             lines += [f"  {k}: {v}" for k, v in self.assumed.items()]
         return "\n".join(lines)
-
-
-class Pretrained(NamedTuple):
-    """What :func:`load_pretrained` returns: ``model, meta, report = load_pretrained(path)``."""
-
-    model: nn.Module
-    meta: CheckpointMeta
-    report: LoadReport
 
 
 def _covered(key: str, allow: Iterable[str]) -> bool:
@@ -515,19 +472,8 @@ def save_state(path: str | Path, state: Mapping[str, Tensor], meta: CheckpointMe
         raise ValueError(f"{path}: our checkpoint format is a single '.safetensors' file; use that suffix")
     meta.validate()
     header = {"format": "pt", META_KEY: meta.to_json(), "skysense_format_version": str(meta.format_version)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        save_file(_unshare(state), tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    tensors = _unshare(state)
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def save_pretrained(model: nn.Module, path: str | Path, meta: CheckpointMeta | None = None) -> Path:
@@ -560,70 +506,16 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     return CheckpointMeta.from_json(header[META_KEY], where=str(path))
 
 
-def _is_official(path: Path) -> bool:
-    return path.is_dir() or path.suffix in (".pth", ".pt", ".bin", ".ckpt")
-
-
-def load_pretrained(
-    path: str | Path | Sequence[str | Path],
-    *,
-    strict: bool = True,
-    allow_missing: Iterable[str] = (),
-    check_inputs: bool = True,
-    preset: str | None = None,
-    hr_bands: int | None = None,
-    geo: bool = True,
-) -> Pretrained:
-    """Load our ``.safetensors`` checkpoint, or official SkySense ``.pth`` files (one or several
-    paths, or a directory holding them), into a ready model in eval mode.
-
-    ``strict``: refuse when model tensors are missing from the checkpoint, unless ``allow_missing``
-    names them (key prefixes: ``"geo"``, ``"fusion"``, ``"align.s1"``, ...); the official release
-    has no geo-context prototypes, so official files need ``allow_missing=("geo",)`` or
-    ``geo=False`` (a config without geo-context). ``check_inputs``: check every sample fed to the
-    model against the checkpoint's input contract. ``preset``/``hr_bands``/``geo`` apply to official
-    files only (see :func:`skysense.convert.convert_official`).
-    """
-    from skysense.models.skysense import SkySense
-
-    paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
-    if not paths:
-        raise ValueError("no checkpoint path given")
-    if len(paths) == 1 and paths[0].suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        meta = read_meta(paths[0])
-        state = load_file(str(paths[0]))
-        report = LoadReport(loaded={k: f"{paths[0].name}:{k}" for k in state}, sources=list(meta.sources))
-    elif all(_is_official(p) or "=" in str(p) for p in paths):
-        from skysense.convert import convert_official
-
-        conv = convert_official([str(p) for p in paths], preset=preset, hr_bands=hr_bands, geo=geo)
-        meta, state, report = conv.meta, conv.state, conv.report
-    else:
-        raise ValueError(
-            f"{[str(p) for p in paths]}: expected one skysense '.safetensors' file or official SkySense "
-            "'.pth' files (or a directory of them)"
-        )
-    model = SkySense(meta.config)
-    load_state_checked(model, state, report, strict=strict, allow_missing=allow_missing)
-    model.eval()
-    if check_inputs:
-        attach_contract(model, meta.contract)
-    return Pretrained(model, meta, report)
-
-
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointMeta",
     "InputContract",
     "LoadReport",
     "ModalitySpec",
-    "Pretrained",
+    "DamagedCheckpointError",
     "UnsafeCheckpointError",
     "attach_contract",
     "default_meta",
-    "load_pretrained",
     "load_state_checked",
     "read_meta",
     "safe_torch_load",

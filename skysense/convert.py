@@ -49,15 +49,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from skysense.checkpoint import (
-    OFFICIAL_LICENSE,
-    CheckpointMeta,
-    LoadReport,
-    default_meta,
-    safe_torch_load,
-    sha256_file,
-)
+from skysense.checkpoint import OFFICIAL_LICENSE, CheckpointMeta, LoadReport, default_meta
 from skysense.config import MODALITIES, FusionConfig, SkySenseConfig, SwinConfig, ViTConfig, get_preset
+from skysense.files import safe_torch_load, sha256_file
 
 PARTS: tuple[str, ...] = ("hr", "s2", "s1", "head_s2", "head_s1", "fusion")
 # official module prefix -> part
@@ -122,6 +116,11 @@ def _unwrap(obj: Any, where: str, report: LoadReport) -> dict[str, Tensor]:
             )
         if obj and all(isinstance(v, Tensor) for v in obj.values()):
             break
+        if {"student", "teacher", "config"} <= set(obj):
+            raise ValueError(
+                f"{where}: a skysense pre-training checkpoint, not official weights: export its encoder "
+                f"first (skysense export {where} --out encoder.safetensors), then load that file"
+            )
         inner = next((k for k in ("state_dict", "model", "module") if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             bad = sorted(str(k) for k, v in obj.items() if not isinstance(v, Tensor))[:10]

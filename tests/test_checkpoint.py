@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,7 +20,6 @@ from skysense.checkpoint import (
     ModalitySpec,
     UnsafeCheckpointError,
     default_meta,
-    load_pretrained,
     read_meta,
     safe_torch_load,
     save_pretrained,
@@ -26,7 +27,9 @@ from skysense.checkpoint import (
 )
 from skysense.config import get_preset
 from skysense.dates import to_days
+from skysense.files import DamagedCheckpointError, atomic_write
 from skysense.models.skysense import SkySense
+from skysense.pretrained import load_pretrained
 from tests.conftest import randomise
 
 
@@ -222,10 +225,57 @@ def test_pickled_code_is_refused_and_never_run(tmp_path):
     with open(tmp_path / "evil_raw.pth", "wb") as f:
         pickle.dump({"w": Payload()}, f)
     for name in ("evil.pth", "evil_raw.pth"):
-        with pytest.raises(UnsafeCheckpointError, match="code or Python objects beyond tensors.*NOT loaded"):
+        with pytest.raises(UnsafeCheckpointError, match="Python objects beyond tensors.*NOT loaded"):
             safe_torch_load(tmp_path / name)
         with pytest.raises(UnsafeCheckpointError):
             load_pretrained(tmp_path / name)
     assert not marker.exists()
     torch.save({"w": torch.ones(2)}, tmp_path / "fine.pth")
     assert torch.equal(safe_torch_load(tmp_path / "fine.pth")["w"], torch.ones(2))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_damaged_files_are_told_apart_from_code(tmp_path):
+    torch.save({"w": torch.arange(1000.0)}, tmp_path / "fine.pth")
+    data = (tmp_path / "fine.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.pth").write_bytes(b"not a checkpoint at all\n" * 8)
+    with open(tmp_path / "plain_pickle.pth", "wb") as f:
+        pickle.dump([1, 2, 3], f)  # a pickle without globals: another format, nothing to run
+    for name in ("truncated.pth", "text.pth", "plain_pickle.pth"):
+        with pytest.raises(DamagedCheckpointError, match="not a readable PyTorch checkpoint.*restore a copy"):
+            safe_torch_load(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        safe_torch_load(tmp_path / "missing.pth")
+    for mmap in (True, False):  # both read the same values; mmap=False gives private memory
+        w = safe_torch_load(tmp_path / "fine.pth", mmap=mmap)["w"]
+        assert torch.equal(w, torch.arange(1000.0))
+        w.add_(1)
+    assert (tmp_path / "fine.pth").read_bytes() == data  # in-place edits never reach the file
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    path = atomic_write(tmp_path / "f.txt", lambda tmp: tmp.write_text("old"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.read_text() == "old" and (path.stat().st_mode & 0o777) == 0o666 & ~umask
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, fail)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_checkpoint_and_convert_do_not_import_each_other():
+    code = (
+        "import sys, skysense.checkpoint\n"
+        "assert 'skysense.convert' not in sys.modules, 'checkpoint imports convert'\n"
+        "import skysense.convert\n"
+        "assert 'skysense.pretrained' not in sys.modules, 'convert imports pretrained'\n"
+        "import skysense\n"
+        "assert skysense.load_pretrained is __import__('skysense.pretrained').pretrained.load_pretrained\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import skysense
-from skysense.checkpoint import LoadReport, UnsafeCheckpointError, load_pretrained, load_state_checked
+from skysense.checkpoint import LoadReport, UnsafeCheckpointError, load_state_checked
 from skysense.checkpoint_cli import add_commands
 from skysense.config import SkySenseConfig, get_preset
 from skysense.convert import convert_official, convert_state_dicts, expand_hr_bands
 from skysense.dates import to_days
 from skysense.models.skysense import SkySense
+from skysense.pretrained import load_pretrained
 from tests.conftest import randomise
 
 REPO = Path(__file__).resolve().parents[1]
