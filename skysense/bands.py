@@ -12,8 +12,6 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-MODALITIES: tuple[str, ...] = ("hr", "s2", "s1")
-
 HR_BANDS: tuple[str, ...] = ("R", "G", "B")
 HR_NIR_BANDS: tuple[str, ...] = ("R", "G", "B", "NIR")
 
@@ -32,7 +30,10 @@ S2_L2A_BANDS: tuple[str, ...] = tuple(b for b in S2_ALL_BANDS if b != "B10")
 
 S1_BANDS: tuple[str, ...] = ("VV", "VH")
 
+# The bands of the paper's sensors per modality (spec Sec. 1), in the encoders' order.
 DEFAULT_BANDS: dict[str, tuple[str, ...]] = {"hr": HR_BANDS, "s2": S2_BANDS, "s1": S1_BANDS}
+# Image key -> the modality whose statistics normalise it (the bi-temporal hr pair counts as hr).
+STATS_OF: dict[str, str] = {"hr": "hr", "hr_pre": "hr", "hr_post": "hr", "s2": "s2", "s1": "s1"}
 
 _COMMON_S2_NAMES = {
     "COASTAL": "B1", "BLUE": "B2", "GREEN": "B3", "RED": "B4", "REDEDGE1": "B5", "REDEDGE2": "B6",

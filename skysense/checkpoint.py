@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from skysense.bands import HR_BANDS, HR_NIR_BANDS, NORM_STATS, S1_BANDS, S2_BANDS
+from skysense.bands import DEFAULT_BANDS, HR_NIR_BANDS, NORM_STATS
 from skysense.config import MODALITIES, SkySenseConfig
 from skysense.files import (
     DamagedCheckpointError,
@@ -137,7 +137,7 @@ def sensor_spec(modality: str, bands: int) -> ModalitySpec:
     if modality == "hr" and bands == len(HR_NIR_BANDS):
         mean, std = (*stats.mean, stats.mean[0]), (*stats.std, stats.std[0])
         return ModalitySpec(HR_NIR_BANDS, mean=mean, std=std, **facts)
-    default = {"hr": HR_BANDS, "s2": S2_BANDS, "s1": S1_BANDS}[modality]
+    default = DEFAULT_BANDS[modality]
     if bands != len(default):
         raise ValueError(
             f"no default band description for {modality} with {bands} bands (the paper's sensor has "

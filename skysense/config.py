@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# The modalities of the encoder (paper Sec. 3.1) and, among them, the time series (ViT encoders, dated).
 MODALITIES: tuple[str, ...] = ("hr", "s2", "s1")
+SERIES: tuple[str, ...] = ("s2", "s1")
 
 
 def check_ranges(

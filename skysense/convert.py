@@ -50,7 +50,15 @@ import torch
 from torch import Tensor
 
 from skysense.checkpoint import OFFICIAL_LICENSE, CheckpointMeta, LoadReport, default_meta
-from skysense.config import MODALITIES, FusionConfig, SkySenseConfig, SwinConfig, ViTConfig, get_preset
+from skysense.config import (
+    MODALITIES,
+    SERIES,
+    FusionConfig,
+    SkySenseConfig,
+    SwinConfig,
+    ViTConfig,
+    get_preset,
+)
 from skysense.files import safe_torch_load, sha256_file
 
 PARTS: tuple[str, ...] = ("hr", "s2", "s1", "head_s2", "head_s1", "fusion")
@@ -396,7 +404,7 @@ def infer_config(
     in_dim = hr.out_channels[-1] if hr is not None else base.fusion.in_dim
     fusion = _infer_fusion(state, base.fusion, in_dim, assumed)
     if not has["hr"]:  # the fused grid width then comes from the fusion or the alignment heads
-        for m in ("s2", "s1"):
+        for m in SERIES:
             key = f"align.{m}.decoder.0.weight"
             vit = s2 if m == "s2" else s1
             if key in state and vit is not None and "fusion.porj_linear.weight" not in state:

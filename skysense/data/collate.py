@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-SERIES: tuple[str, ...] = ("s2", "s1")
+from skysense.config import SERIES
 
 
 def _ids(samples: Sequence[dict[str, Any]]) -> list[str]:

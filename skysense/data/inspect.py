@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from skysense.config import MODALITIES as MODALITY_DIRS
 from skysense.data.datasets import (
     IMAGE_SUFFIXES,
     BigEarthNetMM,
@@ -38,7 +39,6 @@ DATASETS: dict[str, type[GeoDataset]] = {
     "segmentation": Segmentation,
     "sits_npz": PixelTimeSeries,
 }
-MODALITY_DIRS = ("hr", "s2", "s1")
 
 
 def _subdirs(path: Path) -> dict[str, Path]:

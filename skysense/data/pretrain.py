@@ -32,6 +32,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import from_bounds
 
 from skysense.bands import S2_BANDS
+from skysense.config import MODALITIES as MODALITY_ORDER
 from skysense.data.datasets import GeoDataset, Sample, put_lonlat
 from skysense.data.readers import (
     RASTER_SUFFIXES,
@@ -47,7 +48,6 @@ from skysense.data.readers import (
 from skysense.dates import to_days
 
 Bounds = tuple[float, float, float, float]  # left, bottom, right, top
-MODALITY_ORDER = ("hr", "s2", "s1")
 
 
 def _intersect(a: Bounds, b: Bounds) -> Bounds:

@@ -12,10 +12,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from skysense.bands import BandStats
+from skysense.bands import STATS_OF, BandStats
 from skysense.data.datasets import GeoDataset
-
-STATS_KEY = {"hr": "hr", "hr_pre": "hr", "hr_post": "hr", "s2": "s2", "s1": "s1"}
 
 
 def compute_stats(
@@ -31,7 +29,7 @@ def compute_stats(
     acc: dict[str, dict[str, Any]] = {}
     for i in tqdm(idx, desc="stats", disable=not progress, unit="sample"):
         s = dataset[int(i)]
-        for key, mod in STATS_KEY.items():
+        for key, mod in STATS_OF.items():
             if key not in s:
                 continue
             x = s[key].numpy()  # (..., C, H, W)

@@ -14,11 +14,10 @@ from typing import Any
 
 import torch
 
-from skysense.bands import NORM_STATS, BandStats, load_stats
+from skysense.bands import NORM_STATS, STATS_OF, BandStats, load_stats
 
 Sample = dict[str, Any]
 IMAGE_KEYS: tuple[str, ...] = ("hr", "s2", "s1", "hr_pre", "hr_post")
-STATS_OF: dict[str, str] = {"hr": "hr", "hr_pre": "hr", "hr_post": "hr", "s2": "s2", "s1": "s1"}
 
 
 def _spatial_keys(sample: Sample) -> list[str]:

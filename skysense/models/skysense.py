@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from skysense.config import MODALITIES, SkySenseConfig, get_preset
+from skysense.config import MODALITIES, SERIES, SkySenseConfig, get_preset
 from skysense.dates import check_days
 from skysense.models.alignment import AlignmentHead, resample_to_grid
 from skysense.models.geo_context import GeoContext
@@ -38,7 +38,6 @@ from skysense.models.swin import SwinTransformerV2
 from skysense.models.temporal_fusion import TemporalFusion
 from skysense.models.vit import VisionTransformer
 
-SERIES: tuple[str, ...] = ("s2", "s1")
 # Keys a sample may carry besides the model inputs (targets and metadata of the data layer).
 PASSIVE_KEYS = {"label", "target", "meta", "id", "hr_pre", "hr_post"}
 

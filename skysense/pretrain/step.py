@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from skysense.config import SERIES
 from skysense.models.skysense import SkySense
 from skysense.pretrain.heads import GRANULARITIES, HeadConfig, ProjectionHeads
 from skysense.pretrain.losses import (
@@ -47,8 +48,6 @@ from skysense.pretrain.losses import (
 )
 from skysense.pretrain.teacher import collapse_monitors, make_teacher
 from skysense.pretrain.views import View, ViewConfig, correspondence, local_views, make_views
-
-SERIES: tuple[str, ...] = ("s2", "s1")
 
 
 def hr_stage(stream: str) -> int | None:

@@ -31,9 +31,8 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-from skysense.config import check_ranges
+from skysense.config import SERIES, check_ranges
 
-SERIES: tuple[str, ...] = ("s2", "s1")
 IMAGES: tuple[str, ...] = ("hr", "s2", "s1")
 
 
