@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from skysense.bands import DEFAULT_BANDS, HR_NIR_BANDS, NORM_STATS
-from skysense.config import MODALITIES, SkySenseConfig
+from skysense.config import SkySenseConfig
 from skysense.files import (
     DamagedCheckpointError,
     UnsafeCheckpointError,
@@ -48,6 +48,7 @@ from skysense.files import (
     safe_torch_load,
     sha256_file,
 )
+from skysense.validate import Takes, check_modalities
 
 FORMAT_VERSION = 1
 META_KEY = "skysense"
@@ -290,40 +291,18 @@ class InputContract:
         return out
 
     def check_sample(self, sample: Mapping[str, Any], check_values: bool = True) -> None:
-        for m in MODALITIES:
-            if m not in sample:
-                continue
-            if m not in self.modalities:
-                raise ValueError(
-                    f"{m} was given but this checkpoint has no {m} encoder; it takes {list(self.modalities)}"
-                )
-            spec, x = self.modalities[m], sample[m]
-            if not isinstance(x, Tensor):
-                raise TypeError(f"{m} must be a torch.Tensor, got {type(x).__name__}")
-            fix = f"normalise it: contract.normalise(sample) or meta.modalities['{m}'].normalise(x)"
-            if not x.is_floating_point():
-                raise TypeError(
-                    f"{m} is {x.dtype}: raw {spec.units} values? The model takes floating-point inputs "
-                    f"normalised with the checkpoint's mean/std; {fix}"
-                )
-            want = 4 if m == "hr" else 5
-            if x.dim() != want:
-                layout = "(B, C, H, W)" if m == "hr" else "(B, T, C, H, W)"
-                raise ValueError(f"{m} must have shape {layout}, got {tuple(x.shape)}")
-            if x.shape[-3] != len(spec.bands):
-                raise ValueError(
-                    f"{m} has {x.shape[-3]} bands but the checkpoint expects {len(spec.bands)}: "
-                    f"{', '.join(spec.bands)} (in this order, {spec.units}); select/reorder your bands"
-                )
-            if m in self.dated and f"{m}_dates" not in sample:
-                raise ValueError(
-                    f"{m}_dates (B, T) days since 1970-01-01 are required: this checkpoint dates {m}"
-                )
-            if check_values:
-                pad = sample.get(f"{m}_mask")
-                if isinstance(pad, Tensor) and pad.dtype == torch.bool and pad.shape == x.shape[:2]:
-                    x = x[~pad]  # padded steps may hold anything
-                self._check_values(m, spec, x, fix)
+        """The checks of :func:`skysense.validate.check_modalities` against this checkpoint's bands,
+        then (``check_values``) whether the values look normalised."""
+        takes = {m: Takes(len(s.bands), s.bands, s.units) for m, s in self.modalities.items()}
+        fix = "normalise it: contract.normalise(sample) or meta.modalities['{m}'].normalise(x)"
+        present, _ = check_modalities(sample, takes, owner="the checkpoint", dated=self.dated, fix=fix)
+        if not check_values:
+            return
+        for m in present:
+            x, pad = sample[m], sample.get(f"{m}_mask")
+            if pad is not None:
+                x = x[~pad]  # padded steps may hold anything
+            self._check_values(m, self.modalities[m], x, fix.format(m=m))
 
     @staticmethod
     def _check_values(m: str, spec: ModalitySpec, x: Tensor, fix: str) -> None:

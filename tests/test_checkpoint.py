@@ -124,6 +124,29 @@ def test_input_contract_errors_say_how_to_fix(model, tmp_path):
         unchecked({k: v for k, v in raw.items()})  # no hook: the caller opted out
 
 
+@pytest.mark.parametrize(
+    ("edit", "error", "match"),
+    [
+        (lambda s: s.update(s2=s["s2"][:, :, :4]), ValueError, "s2 has 4 bands but the (model|checkpoint)"),
+        (lambda s: s.update(s1=s["s1"][:1], s1_dates=s["s1_dates"][:1]), ValueError, "batch sizes differ"),
+        (lambda s: s.update(s2_mask=torch.zeros(2, 2)), ValueError, "s2_mask must be a bool tensor"),
+        (lambda s: s.update(s2_dates=s["s2_dates"][:, :1]), ValueError, r"s2_dates must have shape \(B, T\)"),
+        (lambda s: s.update(s2_dates=s["s2_dates"].float()), TypeError, "integer tensor of days"),
+        (lambda s: s.pop("s1_dates"), ValueError, "s1_dates .* is required"),
+        (lambda s: s.update(hr=s["hr"][0]), ValueError, r"hr must have shape \(B, C, H, W\)"),
+        (lambda s: s.update(s1=s["s1"].half().long()), TypeError, "s1 is torch.int64.*floating-point"),
+    ],
+)
+def test_model_and_contract_share_the_input_checks(model, edit, error, match):
+    contract = default_meta(model.cfg).contract
+    sample = contract.normalise(raw_sample())
+    edit(sample)
+    with pytest.raises(error, match=match):
+        model.check_inputs(sample)
+    with pytest.raises(error, match=match):
+        contract.check_sample(sample, check_values=False)
+
+
 def test_metadata_is_validated_on_load(model, tmp_path):
     state = model.state_dict()
     meta = default_meta(model.cfg)

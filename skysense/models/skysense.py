@@ -37,6 +37,7 @@ from skysense.models.geo_context import GeoContext
 from skysense.models.swin import SwinTransformerV2
 from skysense.models.temporal_fusion import TemporalFusion
 from skysense.models.vit import VisionTransformer
+from skysense.validate import Takes, check_modalities
 
 # Keys a sample may carry besides the model inputs (targets and metadata of the data layer).
 PASSIVE_KEYS = {"label", "target", "meta", "id", "hr_pre", "hr_post"}
@@ -80,7 +81,9 @@ class SkySense(nn.Module):
     def check_inputs(self, sample: dict[str, Any]) -> tuple[list[str], int]:
         """Validate a batched sample; return the modalities present and the batch size.
 
-        Raises ValueError/TypeError naming the key and what to do, before any compute.
+        Raises ValueError/TypeError naming the key and what to do, before any compute. The
+        per-modality checks are :func:`skysense.validate.check_modalities`; here: the key names,
+        non-finite values, ``hr_dates`` and the location.
         """
         allowed = set(PASSIVE_KEYS) | {"lat", "lon"}
         for m in MODALITIES:
@@ -91,47 +94,31 @@ class SkySense(nn.Module):
                 f"unknown input key(s) {unknown}: modalities are {list(MODALITIES)} with optional "
                 "'<mod>_dates', '<mod>_mask', plus 'lat', 'lon'"
             )
-        present = [m for m in MODALITIES if m in sample]
-        if not present:
+        if not any(m in sample for m in MODALITIES):
             raise ValueError(
                 f"the sample holds no modality: give at least one of {list(self.cfg.modalities)}"
             )
-        batch: int | None = None
+        takes = {m: Takes(getattr(self.cfg, m).in_chans) for m in self.cfg.modalities}
+        dated = SERIES if self.fusion.dtpe is not None else ()  # the fusion encodes their dates
+        present, batch = check_modalities(
+            sample, takes, owner="the model", dated=dated, fix="normalise it first (skysense.data.Normalize)"
+        )
+        assert batch is not None
         for m in present:
-            if m not in self.encoders:
-                raise ValueError(
-                    f"modality {m!r} was given but this model ({self.cfg.name}) has no {m} encoder; "
-                    f"it was built for {list(self.cfg.modalities)}"
-                )
-            x = sample[m]
-            if not isinstance(x, Tensor) or not x.is_floating_point():
-                kind = x.dtype if isinstance(x, Tensor) else type(x).__name__
-                raise TypeError(f"{m} must be a floating-point tensor (got {kind}); normalise it first")
-            want = 4 if m == "hr" else 5
-            if x.dim() != want:
-                layout = "(B, C, H, W)" if m == "hr" else "(B, T, C, H, W)"
-                raise ValueError(f"{m} must have shape {layout}, got {tuple(x.shape)} ({x.dim()}-D)")
-            bands = getattr(self.cfg, m).in_chans
-            if x.shape[-3] != bands:
-                raise ValueError(
-                    f"{m} has {x.shape[-3]} bands but the model expects {bands}; "
-                    "check the band selection/order of your data"
-                )
-            if batch is None:
-                batch = x.shape[0]
-            elif x.shape[0] != batch:
-                raise ValueError(f"batch sizes differ: {m} has {x.shape[0]}, another modality {batch}")
-            if m in SERIES:
-                self._check_series(sample, m, x.shape[0], x.shape[1])
-                pad = sample.get(f"{m}_mask")
-                x = x[~pad] if pad is not None else x  # padded steps may hold anything
+            pad = sample.get(f"{m}_mask")
+            x = sample[m][~pad] if pad is not None else sample[m]  # padded steps may hold anything
             if not torch.isfinite(x).all():
                 bad = int((~torch.isfinite(x)).sum())
                 raise ValueError(
                     f"{m} contains {bad} NaN/inf values: replace nodata by 0 and flag it in "
                     f"'{m}_invalid' (the skysense data readers do this)"
                 )
-        assert batch is not None
+        self._check_extras(sample, batch)
+        return present, batch
+
+    @staticmethod
+    def _check_extras(sample: dict[str, Any], batch: int) -> None:
+        """``hr_dates`` (B,) or (B, 1) days; ``lat``/``lon`` (B,) degrees, both or neither."""
         if "hr_dates" in sample:
             hr_days = sample["hr_dates"]
             if not isinstance(hr_days, Tensor) or hr_days.numel() != batch or hr_days.dim() > 2:
@@ -149,23 +136,6 @@ class SkySense(nn.Module):
                 raise ValueError("lat/lon contain NaN/inf")
             if lat.abs().max() > 90 or lon.abs().max() > 360:
                 raise ValueError("lat must be in [-90, 90] and lon in [-180, 360] degrees (WGS84)")
-        return present, batch
-
-    def _check_series(self, sample: dict[str, Any], m: str, b: int, t: int) -> None:
-        mask = sample.get(f"{m}_mask")
-        if mask is not None and (
-            not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != (b, t)
-        ):
-            raise ValueError(f"{m}_mask must be a bool tensor of shape ({b}, {t}), True = padded step")
-        key = f"{m}_dates"
-        if self.fusion.dtpe is not None and key not in sample:
-            raise ValueError(f"{key} (B, T) is required: the fusion encodes acquisition dates (DTPE)")
-        if key in sample:
-            days = sample[key]
-            if not isinstance(days, Tensor) or days.shape != (b, t):
-                shape = tuple(days.shape) if isinstance(days, Tensor) else type(days).__name__
-                raise ValueError(f"{key} must have shape (B, T) = ({b}, {t}) to match {m}, got {shape}")
-            check_days(days[~mask] if mask is not None else days, key)
 
     # ------------------------------------------------------------------ forward
     def encode_series(self, m: str, x: Tensor, pad: Tensor) -> list[Tensor]:
