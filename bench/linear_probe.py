@@ -1,8 +1,9 @@
 """Does pre-training learn? Linear probes on AID of the hr encoder: pre-trained vs random vs ablation.
 
-    python bench/linear_probe.py --steps 3500 --local-crops 4  # the recorded recipe, one seed (~70 min)
-    python bench/linear_probe.py --steps 3500 --local-crops 4 --seeds 0,1,2  # mean +- std of 3 seeds
-    python bench/linear_probe.py --steps 100 --quick # a smoke run
+    python bench/linear_probe.py  # the recorded recipe (configs/pretrain/aid_hr_cpu.yaml), one seed (~70 min)
+    python bench/linear_probe.py --seeds 0,1,2  # mean +- std of 3 seeds
+    python bench/linear_probe.py --steps 100 --quick  # a smoke run
+    python bench/linear_probe.py --steps 5 --variants full --pretrain-only --out /tmp/lp  # config check
 
 1. Pre-train ``configs/pretrain/aid_hr_cpu.yaml`` (full MGCL: pixel + object + image levels) and the
    image-level-only ablation (``pretrain.loss.pix/obj = false``) for the same number of steps on the
@@ -112,10 +113,12 @@ def pretrain(name: str, args: argparse.Namespace, out: Path, seed: int | None) -
     """Run (or resume, or reuse) one pre-training in ``out / name``; returns (config, steps done,
     seconds of training steps)."""
     run = out / name
-    overrides = [*VARIANTS[name], *args.set, f"out_dir={run}", f"steps={args.steps}"]
+    overrides = [*VARIANTS[name], *args.set, f"out_dir={run}"]
+    if args.steps is not None:
+        overrides.append(f"steps={args.steps}")
     if seed is not None:
         overrides.append(f"seed={seed}")
-    if args.local_crops:
+    if args.local_crops is not None:
         overrides.append(f"pretrain.views.local_crops={args.local_crops}")
     if args.batch:
         overrides.append(f"batch_size={args.batch}")
@@ -188,13 +191,13 @@ def probe_encoder(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=None, help="override the config's steps (3500)")
     p.add_argument("--batch", type=int, default=0, help="override the config's batch size")
     p.add_argument("--out", default=str(REPO / "runs/bench/linear_probe"))
     p.add_argument("--scene-size", type=int, default=256, help="AID scenes are held at this side")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--tag", default="", help="suffix of the JSON in bench/results")
-    p.add_argument("--local-crops", type=int, default=0, help="DINO multi-crop: local views per sample")
+    p.add_argument("--local-crops", type=int, default=None, help="override the config's local views (4)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="pre-trainings to run and probe")
     p.add_argument("--seeds", default="", help="e.g. 0,1,2: repeat everything per seed in --out/seed{N}")
     p.add_argument("--quick", action="store_true", help="smoke run: no JSON in bench/results")
@@ -329,12 +332,12 @@ def main() -> None:
     payload = {
         "machine": common.machine(),
         "split": {"fractions": list(PROBE_FRACTIONS), "sizes": {s: len(d.ids) for s, d in splits.items()}},
-        "steps": args.steps,
+        "steps": cfg.steps,
         "batch_size": cfg.batch_size,
         "pretrain_seconds": budgets,
         "results": results,
         "config": str(CONFIG.relative_to(REPO)),
-        "local_crops": args.local_crops,
+        "local_crops": cfg.pretrain.views.local_crops,
         "overrides": args.set,
         "primary_probe": primary,
         "probe_solver": SOLVER,
