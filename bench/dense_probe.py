@@ -8,8 +8,8 @@ The AID scene probe of ``bench/linear_probe.py`` pools every map to one vector, 
 what the image-level term teaches. These probes keep the maps. The frozen hr teacher of each run (and the
 same network at its random initialisation) sees every image of a task; each stage's map is upsampled
 (bilinear) to stride 4 and a logistic regression (the scene probe's ``probe_model``: features
-standardised on the training cells, C = 1, solved in float64 to convergence; lbfgs stopped at 500
-iterations before session 22) classifies every cell from the concatenated stages ("all") or stage 4
+standardised on the training cells, C = 1, solved in float64 to convergence; the lbfgs it replaces
+stopped at its 500-iteration cap) classifies every cell from the concatenated stages ("all") or stage 4
 alone ("last").
 Labels are the nearest-neighbour downsample of the annotation to stride 4. Tasks (``shared/data``):
 

@@ -11,7 +11,8 @@
 # train split held at 128 px as on the CPU, re-encoded as JPEG by bench/gpu_data.py.
 # A pilot of PILOT steps with every run at once measures the step time; the runs then get the most steps
 # (multiples of ROUND, at most MAX_STEPS) that end inside BUDGET_S seconds of the script's start, or
-# none if that is under MIN_STEPS. Session 15: BUDGET_S=440 PILOT=30 BATCH=512 LR=7e-4 MIN_STEPS=600.
+# none if that is under MIN_STEPS. The run of BENCHMARKS.md ("Pre-training on one GPU"):
+# BUDGET_S=440 PILOT=30 BATCH=512 LR=7e-4 MIN_STEPS=600.
 # COMPILE=default (or reduce-overhead: CUDA graphs, not yet run) compiles the encoders (TrainConfig.compile);
 # the pilot then pays the compile, the runs find it in inductor's on-disk cache.
 set -u

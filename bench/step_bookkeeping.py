@@ -2,9 +2,9 @@
 
 Each part of a step that is not the model itself runs over every parameter tensor (172 for the `tiny`
 student of ``configs/pretrain/aid_hr_cpu.yaml``). A per-tensor Python loop costs a few kernel calls per
-tensor, which on a GPU means waiting on dispatch (BENCHMARKS.md, session 15). The trainer now uses fused
-AdamW and ``torch._foreach_*`` calls; this times both forms side by side on this machine, interleaved,
-and checks that they agree: the EMA bit for bit, AdamW after 20 steps to float rounding.
+tensor, which on a GPU means waiting on dispatch (BENCHMARKS.md, "Pre-training on one GPU"). The trainer
+now uses fused AdamW and ``torch._foreach_*`` calls; this times both forms side by side on this machine,
+interleaved, and checks that they agree: the EMA bit for bit, AdamW after 20 steps to float rounding.
 
     .venv/bin/python -m bench.step_bookkeeping [--config configs/pretrain/aid_hr_cpu.yaml] [--reps 30]
 """

@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 
 DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 # newton-cg in float64 to a gradient tolerance of 1e-6: sklearn's lbfgs stopped early twice over. At tol 1e-3
-# (before session 21) the score depended on the CPU's BLAS kernels (hand-crafted AID 64.9 or 63.8); at 1e-6 on
-# our float32 features it still stopped on its relative-decrease test, short of the optimum (up to 3 of 676
-# AID val scenes off a 1e-10 fit, BENCHMARKS.md session 22; coefficients 1e-3 off in a test case).
+# the score depended on the CPU's BLAS kernels (hand-crafted AID 64.9 or 63.8); at 1e-6 on our float32
+# features it still stopped on its relative-decrease test, short of the optimum (up to 3 of 676 AID val
+# scenes off a 1e-10 fit, BENCHMARKS.md "Linear probe on AID"; coefficients 1e-3 off in a test case).
 # newton-cg in float64 matches that fit. Part of every cached probe's stamp.
 PROBE_SOLVER, PROBE_TOL, PROBE_MAX_ITER, PROBE_DTYPE = "newton-cg", 1e-6, 1000, np.float64
 SOLVER = {

@@ -72,7 +72,7 @@ def _reference(c: float, solver: str = "newton-cg", tol: float = 1e-10):
 
 def test_probe_is_converged_like_a_second_solver():
     """At every C the probe predicts the same val labels as the 1e-10 reference. Stopped at tol 1e-3
-    (lbfgs, before session 21) it did not at C = 10 here, and on AID its score depended on the CPU."""
+    (lbfgs, the probe's first solver) it did not at C = 10 here, and on AID its score depended on the CPU."""
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(10, 40))
 
@@ -88,8 +88,8 @@ def test_probe_is_converged_like_a_second_solver():
 
 def test_probe_fits_float32_features_to_the_float64_optimum():
     """Features arrive as float32 and ill-conditioned (correlated channels, as pooled Swin maps are): the
-    probe's coefficients match the float64 reference to 2e-4. lbfgs on the float32 features (the probe
-    until session 22) stops on its relative-decrease test about 1e-3 away, which this case tells apart."""
+    probe's coefficients match the float64 reference to 2e-4. lbfgs on the float32 features (the probe's
+    second solver) stops on its relative-decrease test about 1e-3 away, which this case tells apart."""
     rng = np.random.default_rng(0)
     d = 100
     centres = rng.normal(size=(10, d))

@@ -17,7 +17,7 @@ embedding plus a small per-cell part (pairwise cosine ~0.9 across cells and samp
 distribution is the same, the centred targets are uniform and the stream collapses within 50 steps
 (BENCHMARKS.md, multi-modal pre-training). Standardising removes the shared part before the head.
 The hr stream (stage 4 after its norm) has a milder shared part at initialisation; standardising it
-too raised the AID linear probe by 3-10 points at the same budget (BENCHMARKS.md, session 10). The
+too raised the AID linear probe by 3-10 points at the same budget (BENCHMARKS.md, "Linear probe on AID"). The
 s2/s1 streams were not measured with it and stay plain by default.
 Under DDP each rank uses the statistics of its own tokens.
 """
