@@ -9,6 +9,7 @@ transformer, 4096 x 100 geo-context prototypes).
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,64 @@ def check_ranges(
     for name, (low, high) in (within or {}).items():
         if not low <= getattr(cfg, name) <= high:
             raise ValueError(f"{where}{name}={getattr(cfg, name)!r}: must be in [{low}, {high}]")
+
+
+def _as_float(value: Any) -> Any:
+    """YAML reads 1e-4 as a string: a number or numeric string as float, anything else as it is (the
+    caller's check names the field)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _checked(where: str, value: Any, hint: Any) -> Any:
+    """``value`` of an ``int``, ``int | None``, ``bool`` or ``str`` field, or a ValueError naming it."""
+    if hint == int | None and value is None:
+        return None
+    if hint in (int, int | None):
+        number = _as_float(value)  # YAML reads 1e3 as a string
+        if isinstance(number, float) and number.is_integer():
+            return int(number)
+        raise ValueError(f"{where}={value!r}: expected a whole number")
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"{where}={value!r}: expected true or false")
+    if hint is str and not isinstance(value, str):
+        raise ValueError(f"{where}={value!r}: expected a string")
+    return value
+
+
+def from_dict(cls: Any, d: Mapping[str, Any]) -> Any:
+    """A config dataclass from a nested dict (YAML, JSON, ``dataclasses.asdict``): every config family
+    of the library (model, pre-training, fine-tuning) is read by this one function.
+
+    Fields missing from ``d`` keep their defaults; unknown keys are errors naming the known ones. Nested
+    dicts become the field's dataclass, lists become tuples where the default is a tuple, numbers become
+    floats where the field is a float or a ``dict[str, float]``; int, bool and str fields are checked."""
+    default = cls()
+    hints = typing.get_type_hints(cls)
+    kw: dict[str, Any] = {}
+    for key, value in d.items():
+        if not hasattr(default, key):
+            known = sorted(f.name for f in dataclasses.fields(cls))
+            raise ValueError(f"unknown {cls.__name__} key {key!r}; known: {known}")
+        cur, hint = getattr(default, key), hints.get(key)
+        if dataclasses.is_dataclass(cur) and isinstance(value, Mapping):
+            value = from_dict(type(cur), value)
+        elif isinstance(cur, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif hint is float:
+            value = _as_float(value)
+            if isinstance(value, str):
+                raise ValueError(f"{cls.__name__} {key}={value!r}: expected a number")
+        elif isinstance(value, dict) and hint == dict[str, float]:
+            value = {k: _as_float(v) for k, v in value.items()}
+        else:
+            value = _checked(f"{cls.__name__} {key}", value, hint)
+        kw[key] = value
+    return dataclasses.replace(default, **kw)
 
 
 @dataclass
@@ -151,26 +210,8 @@ class SkySenseConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SkySenseConfig:
-        def sub(kind: type, value: Any) -> Any:
-            if value is None:
-                return None
-            value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-            known = {f.name for f in dataclasses.fields(kind)}
-            unknown = set(value) - known
-            if unknown:
-                raise ValueError(f"unknown {kind.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
-            return kind(**value)
-
-        return cls(
-            name=d.get("name", "custom"),
-            hr=sub(SwinConfig, d.get("hr")),
-            s2=sub(ViTConfig, d.get("s2")),
-            s1=sub(ViTConfig, d.get("s1")),
-            fusion=sub(FusionConfig, d["fusion"]),
-            geo=sub(GeoContextConfig, d.get("geo")),
-            grad_checkpointing=bool(d.get("grad_checkpointing", False)),
-        )
+    def from_dict(cls, d: Mapping[str, Any]) -> SkySenseConfig:
+        return typing.cast(SkySenseConfig, from_dict(cls, d))
 
 
 def _preset(

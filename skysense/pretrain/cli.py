@@ -7,46 +7,50 @@ torchrun --nproc_per_node 2 -m skysense.pretrain.cli --config configs/pretrain/t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> object:
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Any:
     """A :class:`~skysense.pretrain.trainer.TrainConfig` from a YAML file and ``key=value`` overrides."""
-    import yaml
+    from skysense.engine.config import load_config as load
+    from skysense.pretrain.trainer import TrainConfig
 
-    from skysense.pretrain.trainer import TrainConfig, apply_overrides, from_dict
+    return load(TrainConfig, path, overrides)
 
-    d: dict = {}
-    if path is not None:
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
-    return from_dict(TrainConfig, apply_overrides(d, overrides))
+
+def banner(cfg: Any) -> str:
+    """One line of what runs: the model, the data, the budget and where the outputs go."""
+    d = cfg.data
+    return (
+        f"pretrain: {cfg.preset} encoder ({', '.join(d.modalities)}) on {'+'.join(d.sources)}, "
+        f"{cfg.steps} steps of {cfg.batch_size} samples, outputs in {cfg.out_dir}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
-
+    from skysense.engine.distributed import exit_distributed
     from skysense.pretrain.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, resume=args.resume)  # type: ignore[arg-type]
-    if dist.is_initialized():  # a gloo rank can abort in interpreter shutdown: leave without it
-        dist.destroy_process_group()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    print(f"pretrain: {result['step']} steps, outputs in {cfg.out_dir}")  # type: ignore[attr-defined]
+    print(banner(cfg), flush=True)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    exit_distributed()  # under torchrun: leaves here
+    print(f"pretrain: {result['step']} steps, outputs in {cfg.out_dir}")
     return 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="PATH", help="YAML file of TrainConfig fields (configs/pretrain/)")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        required=True,
+        help="YAML file of TrainConfig fields, e.g. configs/pretrain/tiny_cpu.yaml",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.ckpt if present")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in OUT_DIR")
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. steps=20 data.tile=32"
     )
@@ -69,7 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"skysense-pretrain: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ import copy
 import pytest
 import torch
 
+from skysense.engine.config import apply_overrides
 from skysense.models.skysense import build_model
 from skysense.pretrain.heads import HeadConfig
 from skysense.pretrain.losses import LossConfig
 from skysense.pretrain.step import PretrainConfig, build_pretrain, pretrain_step
 from skysense.pretrain.teacher import ema_update_
-from skysense.pretrain.trainer import TrainConfig, apply_overrides, from_dict
+from skysense.pretrain.trainer import TrainConfig, from_dict
 from skysense.pretrain.views import ViewConfig
 
 B = 2
