@@ -25,6 +25,8 @@ Output (a dict, keys present for the modalities given)::
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -208,8 +210,8 @@ def build_model(config: str | SkySenseConfig, **overrides: Any) -> SkySense:
     ``grad_checkpointing=True``.
     """
     cfg = get_preset(config) if isinstance(config, str) else config
-    for key, value in overrides.items():
-        if not hasattr(cfg, key):
-            raise ValueError(f"unknown SkySenseConfig field {key!r}")
-        setattr(cfg, key, value)
-    return SkySense(cfg)
+    unknown = [key for key in overrides if not hasattr(cfg, key)]
+    if unknown:
+        raise ValueError(f"unknown SkySenseConfig field {unknown[0]!r}")
+    # a copy: the caller's config (and its sub-configs) stays as it was
+    return SkySense(dataclasses.replace(copy.deepcopy(cfg), **overrides))

@@ -228,3 +228,14 @@ def test_presets_build_on_meta_and_huge_matches_paper():
             counts[k] for k in ("backbones", "fusion_with_alignment", "prototypes", "geo_query")
         )
     assert get_preset("tiny").hr.embed_dim == 16
+
+
+def test_build_model_leaves_the_callers_config_alone():
+    cfg = get_preset("tiny")
+    before = cfg.to_dict()
+    model = build_model(cfg, s1=None, grad_checkpointing=True)
+    assert cfg.to_dict() == before and cfg.s1 is not None and not cfg.grad_checkpointing
+    assert model.cfg.s1 is None and model.cfg.grad_checkpointing
+    assert model.cfg.hr is not cfg.hr  # no shared sub-config either
+    with pytest.raises(ValueError, match="unknown SkySenseConfig field 'depth'"):
+        build_model(cfg, depth=3)
