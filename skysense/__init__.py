@@ -8,12 +8,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_pretrained": "skysense.pretrained",
     "save_pretrained": "skysense.checkpoint",
+    "export_run": "skysense.export",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Lazy top-level API: ``skysense.load_pretrained`` / ``save_pretrained`` import torch
-    on use."""
+    """Lazy top-level API: ``skysense.load_pretrained`` / ``save_pretrained`` / ``export_run`` import
+    torch on use."""
     if name in _LAZY:
         import importlib
 

@@ -1,4 +1,5 @@
-"""``skysense convert``: official SkySense ``.pth`` weights -> one skysense ``.safetensors`` file.
+"""``skysense convert``: official SkySense ``.pth`` weights -> one skysense ``.safetensors`` file;
+``skysense export``: a pre-training run's checkpoint -> the same format (:mod:`skysense.export`).
 
 Registered by ``skysense.cli`` through :func:`add_commands`.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from skysense import export
 from skysense.config import PRESETS
 
 
@@ -58,3 +60,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the load report as JSON")
     p.set_defaults(func=_run)
+    export.add_command(sub)
