@@ -169,10 +169,12 @@ class WindowMSAV2(nn.Module):
         """(heads, N, N): 16 * sigmoid(cpb_mlp(table)), computed in the table's precision (fp32).
 
         Cached in eval mode without autograd, keyed on dtype/device and guarded by the version counters
-        of the cpb parameters (so ``load_state_dict`` or an optimizer step invalidates it).
+        of the cpb parameters (so ``load_state_dict`` or an optimizer step invalidates it). Parameters
+        made under ``torch.inference_mode`` have no version counter: their bias is recomputed each call.
         """
         table = self.relative_coords_table
         use_cache = not (self.training or torch.is_grad_enabled() or torch.compiler.is_compiling())
+        use_cache = use_cache and not any(p.is_inference() for p in self.cpb_mlp.parameters())
         if use_cache:
             versions = tuple(p._version for p in self.cpb_mlp.parameters())
             hit = self._bias_cache.get((dtype, table.device))
