@@ -19,7 +19,7 @@ STRATEGIES = ("ddp", "fsdp")
 
 # the least value of each numeric EngineConfig field that has one (checked when a config is built)
 MINIMUM: dict[str, float] = {"steps": 1, "batch_size": 1, "log_every": 1}
-MINIMUM |= dict.fromkeys(("warmup_steps", "ckpt_every", "stop_after"), 0)
+MINIMUM |= dict.fromkeys(("warmup_steps", "ckpt_every", "stop_after", "eval_every"), 0)
 MINIMUM |= dict.fromkeys(("lr", "min_lr", "clip_grad", "weight_decay", "weight_decay_end"), 0)
 
 
@@ -47,6 +47,8 @@ class EngineConfig:
     ckpt_every: int = 10  # steps between checkpoints (and one at the end); 0 = none (benchmarks)
     stop_after: int = 0  # stop (checkpointed) after this many steps, as if killed; 0 = run to the end
     progress: bool = True
+    eval_every: int = 0  # steps between validations of a task that validates (and one at the end)
+    monitor: str = ""  # the validation metric whose best value keeps best.ckpt (higher is better)
 
     def __post_init__(self) -> None:
         check_ranges(f"{type(self).__name__} ", self, at_least=MINIMUM)

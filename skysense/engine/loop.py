@@ -4,11 +4,15 @@ One step = the task's forward under optional bf16 autocast, backward, gradient c
 the first non-finite gradient norm (before the update), AdamW (linear warm-up then cosine lr, cosine
 weight decay), then the task's own update (e.g. the EMA teacher). Every step goes to ``metrics.csv``;
 ``last.ckpt`` is written atomically every ``ckpt_every`` steps; a resumed run continues exactly.
+A task that validates (``validate`` returns metrics) is scored every ``eval_every`` steps and at the
+end; the best score of its ``monitor`` metric so far is kept as ``best.ckpt`` (same format as
+``last.ckpt``) and recorded in ``best.json``.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import random
 import time
@@ -35,6 +39,7 @@ from skysense.engine.distributed import (
 from skysense.engine.metrics import MetricsLog
 from skysense.engine.schedules import cosine, warmup_cosine
 from skysense.engine.state import CKPT, restore, write_checkpoint
+from skysense.files import atomic_write
 
 
 @dataclass
@@ -62,6 +67,10 @@ class Task(Protocol):
     def after_forward(self, ranks: Ranks) -> None: ...
     def grad_monitors(self) -> dict[str, float]: ...
     def after_update(self, step: int) -> None: ...
+    def validate(self) -> dict[str, float] | None: ...  # None: the task has no validation
+
+
+BEST = "best.ckpt"
 
 
 def fit(task: Task, cfg: EngineConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -119,8 +128,32 @@ def fit(task: Task, cfg: EngineConfig, resume: bool = False, overwrite: bool = F
         step += 1
         if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or step == stop):
             write_checkpoint(ckpt, cfg, step, modules, task.trained, opt, gen, ranks.rank, ranks.world)
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+            _validate(task, cfg, step, modules, opt, gen, ranks, log)
     log.close(out_dir / "loss_curve.png", title=f"{task.name}: {Path(cfg.out_dir).name}")
     return {"losses": losses, "step": step, "samples": len(data)}
+
+
+def _validate(
+    task: Task, cfg: EngineConfig, step: int, modules, opt, gen, ranks: Ranks, log: MetricsLog
+) -> None:
+    """Score the task; keep ``best.ckpt`` when its ``monitor`` metric beats the best so far."""
+    scores = task.validate()
+    if scores is None:
+        return
+    out_dir = Path(cfg.out_dir)
+    log.log_validation(step, scores)
+    best_path = out_dir / "best.json"
+    best = json.loads(best_path.read_text()) if best_path.exists() else None
+    metric = cfg.monitor or next(iter(scores))
+    if metric not in scores:
+        raise ValueError(f"monitor={metric!r}: the task reports {sorted(scores)}; monitor one of those")
+    value = scores[metric]
+    if best is None or value > best["value"]:
+        write_checkpoint(out_dir / BEST, cfg, step, modules, task.trained, opt, gen, ranks.rank, ranks.world)
+        if ranks.main:
+            record = {"metric": metric, "value": value, "step": step, "scores": scores}
+            atomic_write(best_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
 
 
 def _start(cfg: EngineConfig) -> Ranks:

@@ -57,6 +57,18 @@ class MetricsLog:
                         self.tb.add_scalar(k, v, row["step"])
         self.bar.update(1)
 
+    def log_validation(self, step: int, scores: dict[str, float]) -> None:
+        """One row of ``validation.csv`` per validation (its columns fixed by the first), and TensorBoard."""
+        if not self.main:
+            return
+        path = self.path.with_name("validation.csv")
+        rows = read_metrics(path, step - 1) if path.exists() else []  # a resumed run redoes later ones
+        write_metrics(path, ["step", *scores], [*rows, {"step": step, **scores}])
+        self.bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        if self.tb is not None:
+            for k, v in scores.items():
+                self.tb.add_scalar(f"val/{k}", v, step)
+
     def close(self, plot: Path | None = None, title: str = "") -> None:
         self.bar.close()
         if self.main and self.rows and plot is not None:

@@ -302,6 +302,9 @@ class PretrainTask:
     def after_update(self, step: int) -> None:
         ema_update_(self.teacher, self.student, cosine_momentum(step, self.cfg.steps, self.cfg.ema_momentum))
 
+    def validate(self) -> None:  # pre-training is judged by probes afterwards (bench/linear_probe.py)
+        return None
+
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Pre-train (see module doc); returns ``losses`` (this call's per-step total losses, global mean),

@@ -28,8 +28,8 @@ class LeastSquares:
 
     name = "least-squares"
 
-    def __init__(self, poison_at: int = -1) -> None:
-        self.poison_at, self.updates = poison_at, 0
+    def __init__(self, poison_at: int = -1, validates: bool = False) -> None:
+        self.poison_at, self.updates, self.validates, self.validations = poison_at, 0, validates, 0
 
     def setup(self, ranks: Ranks, fresh: bool) -> None:
         torch.manual_seed(1)
@@ -66,6 +66,13 @@ class LeastSquares:
 
     def after_update(self, step):
         self.updates += 1
+
+    def validate(self):
+        if not self.validates:
+            return None
+        self.validations += 1
+        with torch.no_grad():  # a fixed score sequence: best at the second validation
+            return {"score": [1.0, 3.0, 2.0, 2.5][self.validations - 1], "mse": 0.0}
 
 
 def config(out, **kw):
@@ -139,3 +146,23 @@ def test_batch_order_is_a_function_of_seed_and_epoch_and_splits_over_ranks():
     assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
     ranks = [batch_indices(1, 5, 4, 3, r, 2) for r in range(2)]
     assert sorted(ranks[0] + ranks[1]) == sorted(batch_indices(1, 5, 4, 3))
+
+
+def test_validation_keeps_the_best_checkpoint(tmp_path):
+    import json
+
+    task = LeastSquares(validates=True)
+    fit(task, config(tmp_path / "run", steps=40, eval_every=10, monitor="score"))
+    assert task.validations == 4  # steps 10, 20, 30, 40 (the end)
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert (best["metric"], best["value"], best["step"]) == ("score", 3.0, 20)
+    assert load_checkpoint(tmp_path / "run" / "best.ckpt")["step"] == 20
+    rows = list(csv.DictReader((tmp_path / "run" / "validation.csv").open()))
+    assert [(r["step"], r["score"]) for r in rows] == [
+        ("10", "1.0"),
+        ("20", "3.0"),
+        ("30", "2.0"),
+        ("40", "2.5"),
+    ]
+    with pytest.raises(ValueError, match=r"monitor='oa': the task reports \['mse', 'score'\]"):
+        fit(LeastSquares(validates=True), config(tmp_path / "bad", steps=10, monitor="oa"))
