@@ -16,11 +16,16 @@ Input: a batched sample dict with any subset of the built modalities::
 Output (a dict, keys present for the modalities given)::
 
     hr        list of 4 maps (B, C_i, H/4/2^i, W/4/2^i)
-    s2, s1    list of maps (B, T, D, h, w), one per ``out_indices`` layer, zero on padded steps
+    s2, s1    list of maps (B, T, D, h, w), one per ``out_indices`` layer, zero on padded steps;
+              h = ceil(H / patch): a last token row/column partly over the zero padding
     s2_aligned, s1_aligned  (B, T, C_hr4, gh, gw) on the fused grid
     fused_mm  (B, D_fus, gh, gw)    F_fus_mm
     fused     (B, D_fus + d, gh, gw) F_fus (F_fus_mm when the config has no geo-context)
     region    (B,) int64            geo-context region, -1 without a location
+
+Without ``hr`` the fused grid is the s2/s1 input size (H, W), any size: the alignment head gives
+``patch`` x ``patch`` cells per token and the cells over the patch embedding's padding are cropped, so
+a 9x9 ``s2`` input gives a 9x9 fused map whose cell (i, j) is pixel (i, j).
 """
 
 from __future__ import annotations
@@ -179,7 +184,8 @@ class SkySense(nn.Module):
             maps = self.encode_series(m, x, pad)
             out[m] = maps
             last = maps[-1].flatten(0, 1)  # (B*T, D, h, w)
-            aligned = self.align[m](last)
+            # one aligned cell per input pixel: the cells of the patch embedding's zero padding go
+            aligned = self.align[m](last)[..., : x.shape[-2], : x.shape[-1]]
             if grid is None:
                 grid = (aligned.shape[-2], aligned.shape[-1])
             aligned = resample_to_grid(aligned, grid).unflatten(0, (b, t))  # (B, T, C4, gh, gw)
