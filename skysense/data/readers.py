@@ -33,6 +33,7 @@ from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from skysense.bands import S2_ALL_BANDS, S2_BANDS, S2_L2A_BANDS, s1_band_name, s2_band_name
+from skysense.data.safe import pick_native, resolution_of, s2_image_folders, s2_product_date
 from skysense.dates import to_days
 
 Resampling = Literal["bilinear", "nearest"]
@@ -190,23 +191,26 @@ def resample(
 
 # ----------------------------------------------------------------------------- Sentinel-2 band sets
 
-_BAND_FILE_RE = re.compile(r"[_\-.](B\d{1,2}A?)\.(?:tif|tiff|jp2)$", re.IGNORECASE)
+_BAND_FILE_RE = re.compile(r"[_\-.](B\d{1,2}A?)(?:_(\d{2})m)?\.(?:tif|tiff|jp2)$", re.IGNORECASE)
 
 
 def find_s2_band_files(folder: str | Path) -> dict[str, Path]:
-    """A folder's single-band files by canonical band name (``*_B02.tif`` -> ``B2``, ``*_B8A.tif``...)."""
+    """A folder's single-band files by canonical band name (``*_B02.tif`` -> ``B2``, ``*_B8A.jp2``...).
+
+    ``folder`` may also be an ESA SAFE product, granule or ``IMG_DATA`` folder (L1C ``*_B02.jp2``;
+    L2A ``R10m|R20m|R60m/*_B02_10m.jp2``): each band is taken at its native resolution, else the
+    finest there is (see :mod:`skysense.data.safe`).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder of Sentinel-2 band files")
-    out: dict[str, Path] = {}
-    for f in sorted(folder.iterdir()):
-        m = _BAND_FILE_RE.search(f.name)
-        if m:
-            name = s2_band_name(m.group(1))
-            if name in out:
-                raise ValueError(f"{folder}: two files for band {name}: {out[name].name} and {f.name}")
-            out[name] = f
-    return out
+    found: dict[str, list[tuple[int | None, Path]]] = {}
+    for d in s2_image_folders(folder):
+        for f in sorted(d.iterdir()):
+            m = _BAND_FILE_RE.search(f.name)
+            if m and f.is_file():
+                found.setdefault(s2_band_name(m.group(1)), []).append((resolution_of(f, m.group(2)), f))
+    return {name: pick_native(name, cands) for name, cands in found.items()}
 
 
 def check_same_grid(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
@@ -236,8 +240,10 @@ def read_s2_bandset(
 ) -> Raster:
     """Stack single-band Sentinel-2 files of one date on the grid of the finest band: (len(bands), H, W).
 
-    ``files``: a folder of ``*_B02.tif``... files or ``{band name: path}``; ``bands`` in the output
-    order (aliases such as ``B02``/``B08A`` accepted). All files must share CRS and extent.
+    ``files``: a folder of ``*_B02.tif``... files, a SAFE product/granule folder (see
+    :func:`find_s2_band_files`) or ``{band name: path}``; ``bands`` in the output order (aliases such
+    as ``B02``/``B08A`` accepted). All files must share CRS and extent. Inside a SAFE product the
+    sensing date goes to ``meta["date"]`` (ISO).
     """
     where = str(files) if not isinstance(files, dict) else "band set"
     by_name = (
@@ -274,6 +280,9 @@ def read_s2_bandset(
         resampling=resampling,
         units="reflectance DN",
     )
+    when = s2_product_date(files) if not isinstance(files, dict) else None
+    if when is not None:  # a SAFE product: its sensing date
+        meta["date"] = when.isoformat()
     return Raster(data, invalid, meta)
 
 
