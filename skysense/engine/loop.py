@@ -68,6 +68,7 @@ class Task(Protocol):
     def grad_monitors(self) -> dict[str, float]: ...
     def after_update(self, step: int) -> None: ...
     def validate(self) -> dict[str, float] | None: ...  # None: the task has no validation
+    def meta(self) -> dict[str, Any]: ...  # what checkpoints record of the task ({} = nothing)
 
 
 BEST = "best.ckpt"
@@ -127,7 +128,9 @@ def fit(task: Task, cfg: EngineConfig, resume: bool = False, overwrite: bool = F
         log.log(row, postfix=(step + 1) % cfg.log_every == 0)
         step += 1
         if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or step == stop):
-            write_checkpoint(ckpt, cfg, step, modules, task.trained, opt, gen, ranks.rank, ranks.world)
+            write_checkpoint(
+                ckpt, cfg, step, modules, task.trained, opt, gen, ranks.rank, ranks.world, task.meta()
+            )
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             _validate(task, cfg, step, modules, opt, gen, ranks, log)
     log.close(out_dir / "loss_curve.png", title=f"{task.name}: {Path(cfg.out_dir).name}")
@@ -150,7 +153,10 @@ def _validate(
         raise ValueError(f"monitor={metric!r}: the task reports {sorted(scores)}; monitor one of those")
     value = scores[metric]
     if best is None or value > best["value"]:
-        write_checkpoint(out_dir / BEST, cfg, step, modules, task.trained, opt, gen, ranks.rank, ranks.world)
+        best_ckpt = out_dir / BEST
+        write_checkpoint(
+            best_ckpt, cfg, step, modules, task.trained, opt, gen, ranks.rank, ranks.world, task.meta()
+        )
         if ranks.main:
             record = {"metric": metric, "value": value, "step": step, "scores": scores}
             atomic_write(best_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))

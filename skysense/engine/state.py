@@ -118,8 +118,10 @@ def write_checkpoint(
     gen: torch.Generator,
     rank: int,
     world: int,
+    meta: dict[str, Any] | None = None,
 ) -> None:
-    """Gather the run's state on rank 0 and write it atomically; every rank returns once it is in place."""
+    """Gather the run's state on rank 0 and write it atomically; every rank returns once it is in place.
+    ``meta``: what the task records of itself (task, classes, head config, input contract), if anything."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     models = {name: full_model_state(m) for name, m in modules.items()}  # collective under FSDP
@@ -140,6 +142,8 @@ def write_checkpoint(
             "rng": rngs,
             "config": dataclasses.asdict(cfg),
         }
+        if meta:
+            state["meta"] = meta
         save_checkpoint(path, state)
     if world > 1:
         # every rank leaves once the file is in place: a resume in the same processes (a second fit()

@@ -305,6 +305,9 @@ class PretrainTask:
     def validate(self) -> None:  # pre-training is judged by probes afterwards (bench/linear_probe.py)
         return None
 
+    def meta(self) -> dict[str, Any]:
+        return {}
+
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Pre-train (see module doc); returns ``losses`` (this call's per-step total losses, global mean),

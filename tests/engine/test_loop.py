@@ -67,6 +67,9 @@ class LeastSquares:
     def after_update(self, step):
         self.updates += 1
 
+    def meta(self):
+        return {"task": "least squares"}
+
     def validate(self):
         if not self.validates:
             return None
@@ -114,6 +117,7 @@ def test_fit_resumes_a_task_exactly(tmp_path):
     a, b = (load_checkpoint(tmp_path / d / "last.ckpt") for d in ("full", "cut"))
     assert torch.equal(a["model"]["weight"], b["model"]["weight"])
     assert set(a["optimizer"]["state"]) == {"weight", "bias"}  # keyed by parameter name
+    assert a["meta"] == {"task": "least squares"}
 
 
 def test_group_lr_scale_and_no_decay():
