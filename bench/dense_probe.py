@@ -44,9 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` finds `bench`
+from bench import common  # noqa: E402
 from skysense.data.datasets import ChangeDetection, Segmentation  # noqa: E402
 from skysense.data.scenes import normalise_hr  # noqa: E402
 from skysense.linear_probe import SOLVER, probe_model  # noqa: E402
@@ -99,8 +98,9 @@ def load_segmentation(name: str, size: int) -> Task:
 def load_change(size: int) -> Task:
     ds = ChangeDetection(common.data_folder("levir_cd"))  # pairs without a label are skipped
     samples = [ds[i] for i in range(len(ds))]
-    pairs = [torch.cat([_resize(s["hr_pre"], size), _resize(s["hr_post"], size)]) for s in samples]
-    pairs = torch.stack(pairs)  # (N, 2, 3, size, size)
+    pairs = torch.stack(
+        [torch.cat([_resize(s["hr_pre"], size), _resize(s["hr_post"], size)]) for s in samples]
+    )  # (N, 2, 3, size, size)
     return Task("levir_cd", pairs, torch.stack([_labels(s["target"], size) for s in samples]))
 
 
@@ -156,7 +156,7 @@ def probe(feats: torch.Tensor, labels: torch.Tensor, change: bool = False, block
             folds["f1"].append(float(f1_score(target, pred, pos_label=1, zero_division=0)))
             folds["iou"].append(float(jaccard_score(target, pred, pos_label=1, zero_division=0)))
             folds["ap"].append(float(average_precision_score(target, clf.predict_proba(x_test)[:, 1])))
-    out = {k: statistics.mean(v) for k, v in folds.items() if v}
+    out: dict[str, Any] = {k: statistics.mean(v) for k, v in folds.items() if v}
     out["score"] = out["f1"] if change else out["miou"]
     out["folds_score"] = folds["f1"] if change else folds["miou"]
     return out
@@ -191,10 +191,10 @@ def paired(
             if metric not in rows[task]["colour (mean RGB)"]["all"]:
                 continue
             for label in labels:
-                val = {s: _value(rows[task], label, s, metric) for s in seeds}
-                ref = {s: _value(rows[task], base, s, metric) for s in seeds}
-                have = [s for s in seeds if val[s] is not None]
-                diffs = [val[s] - ref[s] for s in have if ref[s] is not None]
+                val = {s: v for s in seeds if (v := _value(rows[task], label, s, metric)) is not None}
+                ref = {s: v for s in seeds if (v := _value(rows[task], base, s, metric)) is not None}
+                have = list(val)
+                diffs = [val[s] - ref[s] for s in have if s in ref]
                 out.append({
                     "task": task, "metric": metric, "run": label, "seeds": have,
                     "mean": statistics.mean(val[s] for s in have) if have else None,

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -32,8 +35,9 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import load_peak, machine, quiet_time_call, save, setup, summary, table
-from skysense.config import get_preset
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` finds `bench`
+from bench.common import load_peak, machine, quiet_time_call, save, setup, summary, table  # noqa: E402
+from skysense.config import get_preset  # noqa: E402
 
 ALL_MODES = ("fp32", "fp32 onednn", "bf16", "fp32 compile+freeze", "bf16 compile", "bf16 compile+freeze")
 TIMM_SWIN = "swinv2_base_window8_256"
@@ -43,7 +47,7 @@ DEFAULT_MODES = ("fp32", "fp32 onednn", "bf16", "fp32 compile+freeze", "bf16 com
 class OneDNNLinear(TorchFunctionMode):
     """Run fp32 ``F.linear`` (hence ``nn.Linear``) through oneDNN instead of MKL's sgemm."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
             named = dict(zip(("input", "weight", "bias"), args), **kwargs)
@@ -56,7 +60,7 @@ class OneDNNLinear(TorchFunctionMode):
 class Runner(nn.Module):
     """``fn(model, x)`` as a module, so that torch.compile (and freezing) sees the parameters."""
 
-    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, Tensor], Any]) -> None:
+    def __init__(self, model: nn.Module, fn: Callable[[Any, Tensor], Any]) -> None:
         super().__init__()
         self.model, self.fn = model, fn
 
@@ -146,7 +150,7 @@ def prepare(runners: dict[str, Runner], mode: str) -> dict[str, Callable[[Tensor
         return dict(runners)
     torch._dynamo.reset()
     torch._inductor.config.freezing = mode.endswith("freeze")
-    return {who: torch.compile(r) for who, r in runners.items()}  # type: ignore[misc]
+    return {who: torch.compile(r) for who, r in runners.items()}
 
 
 def bench_pair(cases: list[Case], modes: list[str], rounds: int, reps: int) -> list[dict[str, Any]]:
@@ -165,7 +169,7 @@ def bench_pair(cases: list[Case], modes: list[str], rounds: int, reps: int) -> l
             busy = {who: 0.0 for who in fns}
             for _ in range(rounds):
                 for who, fn in fns.items():
-                    ts, b = quiet_time_call(lambda f=fn, x=inputs[who]: f(x), reps, warmup=1)
+                    ts, b = quiet_time_call(partial(fn, inputs[who]), reps, warmup=1)
                     times[who] += ts
                     busy[who] = max(busy[who], b)
         for c in cases:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` finds `bench`
+from bench import common  # noqa: E402
 from skysense.data.scenes import load_scenes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

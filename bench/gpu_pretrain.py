@@ -27,9 +27,8 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` finds `bench`
+from bench import common  # noqa: E402
 from skysense.pretrain.cli import load_config  # noqa: E402
 from skysense.pretrain.trainer import train  # noqa: E402
 
@@ -47,6 +46,7 @@ def run_preset(preset: str, args: argparse.Namespace, out: Path) -> dict[str, An
         "ckpt_every=0",  # no checkpoint: huge's student + teacher + AdamW would be a 33-GB file
         "progress=false",
         "data.sources=[synthetic]",
+        "model={}",  # all three encoders of the preset (the config drops hr)
         "data.modalities=[hr,s2,s1]",
         f"data.num_samples={2 * args.batch}",
         "data.tile=64",
@@ -58,7 +58,7 @@ def run_preset(preset: str, args: argparse.Namespace, out: Path) -> dict[str, An
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    result = train(cfg)  # type: ignore[arg-type]
+    result = train(cfg, overwrite=True)
     with (out / preset / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     times = [float(r["time"]) for r in rows[args.warmup :]] or [float(rows[-1]["time"])]

@@ -37,14 +37,13 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` finds `bench`
+from bench import common  # noqa: E402
 from skysense.data.scenes import PROBE_FRACTIONS, load_scenes  # noqa: E402
 from skysense.linear_probe import (  # noqa: E402
     SOLVER,
@@ -58,6 +57,7 @@ from skysense.linear_probe import (  # noqa: E402
 from skysense.pretrain.cli import load_config  # noqa: E402
 from skysense.pretrain.trainer import (  # noqa: E402
     CKPT,
+    TrainConfig,
     initial_encoder,
     load_checkpoint,
     load_encoder,
@@ -109,7 +109,9 @@ def judge(results: dict[str, Any], scene_size: int, n_seeds: int = 1) -> dict[st
     return goals
 
 
-def pretrain(name: str, args: argparse.Namespace, out: Path, seed: int | None) -> tuple[Any, int, float]:
+def pretrain(
+    name: str, args: argparse.Namespace, out: Path, seed: int | None
+) -> tuple[TrainConfig, int, float]:
     """Run (or resume, or reuse) one pre-training in ``out / name``; returns (config, steps done,
     seconds of training steps)."""
     run = out / name
@@ -122,8 +124,7 @@ def pretrain(name: str, args: argparse.Namespace, out: Path, seed: int | None) -
         overrides.append(f"pretrain.views.local_crops={args.local_crops}")
     if args.batch:
         overrides.append(f"batch_size={args.batch}")
-    cfg = load_config(CONFIG, overrides)
-    cfg = dataclasses.replace(cfg, progress=not args.quiet)
+    cfg = dataclasses.replace(cast(TrainConfig, load_config(CONFIG, overrides)), progress=not args.quiet)
     done = int(load_checkpoint(run / CKPT)["step"]) if (run / CKPT).exists() else 0
     if done < cfg.steps:
         print(f"pre-training {name} (seed {cfg.seed}): steps {done} -> {cfg.steps}", flush=True)
@@ -229,7 +230,7 @@ def main() -> None:
     probes = [primary_probe(args.scene_size)] if args.primary_only else PROBES
     budgets: dict[str, float] = {}
     by_seed: dict[int, dict[str, dict[str, Any]]] = {}  # seed -> {"method @ probe": result}
-    cfg = None
+    cfg: TrainConfig | None = None
     # in the stamp: another solver probes afresh
     solver = f"probe {SOLVER['solver']} tol {SOLVER['tol']:g} {SOLVER['dtype']}"
     for seed in seeds:
@@ -261,6 +262,7 @@ def main() -> None:
             ).items()
         }
 
+    assert cfg is not None  # seeds and variants are never empty
     hand: dict[str, dict[str, Any]] = {}
     for size in sorted({128, args.scene_size}):
         cache = REPO / f"runs/bench/cache/handcrafted_{size}_of_{args.scene_size}.npz"  # LBP: minutes

@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` finds `bench`
+from bench import common  # noqa: E402
 from skysense.pretrain.cli import load_config  # noqa: E402
 from skysense.pretrain.trainer import train  # noqa: E402
 
@@ -70,7 +69,7 @@ def main() -> None:
         overrides = [f"out_dir={out}", "progress=false"] + ([f"steps={args.steps}"] if args.steps else [])
         cfg: Any = load_config(REPO / "configs/pretrain" / f"{name}.yaml", overrides)
         print(f"{name}: {cfg.steps} steps, batch {cfg.batch_size}", flush=True)
-        samples = train(cfg)["samples"]
+        samples = train(cfg, overwrite=True)["samples"]
         with (out / "metrics.csv").open() as f:
             rows = list(csv.DictReader(f))
         results.append(summarise(name, rows, samples))

@@ -12,13 +12,16 @@ shapes (robust to the other users of a shared box); ``results/peak.json`` holds 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.common import load_peak, machine, quiet_time_call, save, setup, summary, table, time_call
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` finds `bench`
+from bench.common import load_peak, machine, quiet_time_call, save, setup, summary, table, time_call  # noqa: E402
 
 # (label, M, K, N)
 SQUARE = [

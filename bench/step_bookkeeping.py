@@ -13,15 +13,24 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
+from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from bench.common import machine, save, setup, summary, table, time_call
-from skysense.pretrain.cli import load_config
-from skysense.pretrain.step import build_pretrain
-from skysense.pretrain.teacher import ema_update_
-from skysense.pretrain.trainer import grad_norms_by_part, initial_encoder, param_groups
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` finds `bench`
+from bench.common import machine, save, setup, summary, table, time_call  # noqa: E402
+from skysense.pretrain.cli import load_config  # noqa: E402
+from skysense.pretrain.step import build_pretrain  # noqa: E402
+from skysense.pretrain.teacher import ema_update_  # noqa: E402
+from skysense.pretrain.trainer import (  # noqa: E402
+    TrainConfig,
+    grad_norms_by_part,
+    initial_encoder,
+    param_groups,
+)
 
 
 @torch.no_grad()
@@ -44,7 +53,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args()
     setup()
-    cfg = load_config(args.config, [])
+    cfg = cast(TrainConfig, load_config(args.config, []))
     student, teacher, _ = build_pretrain(initial_encoder(cfg), cfg.pretrain)
     params = [p for p in student.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(0)
@@ -53,7 +62,8 @@ def main() -> None:
 
     # agreement first, on copies: 20 AdamW steps each way, and one EMA update each way
     finals = []
-    for kw in ({"foreach": False}, {"fused": True}):
+    forms: list[dict[str, Any]] = [{"foreach": False}, {"fused": True}]
+    for kw in forms:
         s = copy.deepcopy(student)
         for p, q in zip(s.parameters(), student.parameters()):
             p.grad = None if q.grad is None else q.grad.clone()
@@ -82,9 +92,9 @@ def main() -> None:
         for name, (old, new) in pairs.items():
             times[name][0].extend(time_call(old, args.reps // 3))
             times[name][1].extend(time_call(new, args.reps // 3))
-    rows = []
-    for name, (old, new) in times.items():
-        o, n = summary(old)["median_s"] * 1e3, summary(new)["median_s"] * 1e3
+    rows: list[dict[str, Any]] = []
+    for name, (t_old, t_new) in times.items():
+        o, n = summary(t_old)["median_s"] * 1e3, summary(t_new)["median_s"] * 1e3
         rows.append({"part": name, "per-tensor loop ms": o, "fused / foreach ms": n, "ratio": o / n})
     total = {k: sum(r[k] for r in rows) for k in ("per-tensor loop ms", "fused / foreach ms")}
     rows.append(
