@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test test-fast lint typecheck unit bench clean
+
+# Tests without a marker: no torchrun, no torch.compile, no real data, none slower than ~2 s.
+FAST := not slow and not distributed and not compile and not data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,11 +32,14 @@ unit: setup
 
 test: lint typecheck unit
 
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "$(FAST)" tests
+
 bench: setup
-	$(BIN)/python bench/peak.py
-	$(BIN)/python bench/encoders.py
-	$(BIN)/python bench/linear_probe.py
-	$(BIN)/python bench/multimodal_pretrain.py
+	$(BIN)/python -m bench.peak
+	$(BIN)/python -m bench.encoders
+	$(BIN)/python -m bench.linear_probe
+	$(BIN)/python -m bench.multimodal_pretrain
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
