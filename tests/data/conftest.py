@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,24 @@ from skysense.data.root import data_root
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = data_root().resolve()
+_RUNNING: dict[str, pytest.Item] = {}  # the test now running, for data_path's marker check
+
+
+@pytest.fixture(autouse=True)
+def _running_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    _RUNNING["item"] = request.node
+    yield
+    _RUNNING.clear()
 
 
 def data_path(*parts: str) -> Path:
-    """A path under the real data folder; skips the test with the reason where it is absent."""
+    """A path under the real data folder; skips the test with the reason where it is absent.
+
+    The test must be marked ``data`` (``make test-fast`` leaves those out), checked even without the data.
+    """
+    item = _RUNNING.get("item")
+    if item is not None and item.get_closest_marker("data") is None:
+        raise RuntimeError(f"{item.nodeid} reads the real data: mark it @pytest.mark.data")
     p = DATA.joinpath(*parts)
     if not p.exists():
         pytest.skip(f"real data not available: {p} missing (set SKYSENSE_DATA to the shared/data folder)")

@@ -51,6 +51,7 @@ def test_dataloader_workers_roundtrip() -> None:
     assert batches[0]["s2_mask"].shape == (2, 3) and batches[1]["s2_mask"].shape == (2, 4)
 
 
+@pytest.mark.data
 def test_real_batch_feeds_the_model() -> None:
     """BigEarthNet-MM s2 + s1 -> crop, Normalize, collate -> the tiny model (no hr) runs on it."""
     from skysense.data import BigEarthNetMM, CenterCrop, Compose, Normalize

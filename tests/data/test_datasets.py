@@ -36,6 +36,7 @@ def test_days_helper_matches_hard_coded() -> None:
 # ----------------------------------------------------------------------------- scene classification
 
 
+@pytest.mark.data
 def test_aid_real() -> None:
     root = data_path("aid")
     ds = SceneClassification(root)
@@ -85,6 +86,7 @@ def test_empty_and_wrong_folders(tmp_path) -> None:
 # ----------------------------------------------------------------------------- BigEarthNet-MM
 
 
+@pytest.mark.data
 def test_bigearthnet_real_pairs() -> None:
     root = data_path("bigearthnet_mm")
     ds = BigEarthNetMM(root)
@@ -157,6 +159,7 @@ def test_bigearthnet_bad_pairing(tmp_path) -> None:
 # ----------------------------------------------------------------------------- Sen1Floods11
 
 
+@pytest.mark.data
 def test_sen1floods11_real() -> None:
     root = data_path("sen1floods11")
     ds = Sen1Floods11(root)
@@ -201,6 +204,7 @@ def test_sen1floods11_errors(tmp_path) -> None:
 # ----------------------------------------------------------------------------- EOPatch
 
 
+@pytest.mark.data
 def test_eopatch_real() -> None:
     root = data_path("eolearn_slovenia", "TestEOPatch")
     ds = EOPatchDataset(root.parent)
@@ -232,6 +236,7 @@ def test_eopatch_real() -> None:
 # ----------------------------------------------------------------------------- change detection
 
 
+@pytest.mark.data
 def test_levir_real() -> None:
     root = data_path("levir_cd")
     ds = ChangeDetection(root)
@@ -258,6 +263,7 @@ def test_change_label_values(tmp_path) -> None:
 # ----------------------------------------------------------------------------- segmentation
 
 
+@pytest.mark.data
 def test_segmentation_real() -> None:
     loveda = Segmentation(data_path("seg_samples", "loveda"), reduce_zero_label=True)
     potsdam = Segmentation(data_path("seg_samples", "potsdam"))
@@ -282,6 +288,7 @@ def test_segmentation_mismatch(tmp_path) -> None:
 # ----------------------------------------------------------------------------- sits .npz
 
 
+@pytest.mark.data
 def test_sits_real() -> None:
     f = data_path("sits", "samples_l8_rondonia_2bands.npz")
     ds = PixelTimeSeries(f)

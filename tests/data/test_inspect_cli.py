@@ -35,10 +35,12 @@ SCRIPT = Path(sys.executable).parent / "skysense"
         (("rasters",), "rasters"),
     ],
 )
+@pytest.mark.data
 def test_detect_real_layouts(parts: tuple[str, ...], layout: str) -> None:
     assert detect_layout(data_path(*parts)) == layout
 
 
+@pytest.mark.data
 def test_inspect_real_bigearthnet_json(capsys) -> None:
     root = data_path("bigearthnet_mm")
     assert main(["data", "inspect", str(root), "--json"]) == 0
@@ -49,12 +51,15 @@ def test_inspect_real_bigearthnet_json(capsys) -> None:
     assert rep["crs"] == ["EPSG:32629"] and any("unpaired s1: 3" in p for p in rep["problems"])
 
 
+@pytest.mark.data
 def test_inspect_real_levir_reports_broken_pair() -> None:
     rep = inspect(data_path("levir_cd"))
     assert rep["num_samples"] == 11 and rep["target_values"] == [0, 1]
     assert any("test_113_0256" in p and "(383, 768)" in p for p in rep["problems"])
 
 
+@pytest.mark.data
+@pytest.mark.slow
 def test_inspect_text_and_console_script() -> None:
     root = data_path("sen1floods11")
     out = subprocess.run(
@@ -63,6 +68,7 @@ def test_inspect_text_and_console_script() -> None:
     assert "layout: sen1floods11" in out and "s1 dates: 2019-09-17" in out and "crs: EPSG:4326" in out
 
 
+@pytest.mark.slow
 def test_cli_help_and_errors(tmp_path, capsys) -> None:
     for cmd in (["data", "--help"], ["data", "inspect", "--help"], ["stats", "--help"]):
         with pytest.raises(SystemExit) as e:
@@ -117,6 +123,7 @@ def test_stats_match_numpy_and_skip_nodata(tmp_path) -> None:
     np.testing.assert_allclose(load_stats(out)["hr"].mean, valid.mean(axis=1), rtol=1e-10)
 
 
+@pytest.mark.data
 def test_stats_real_s1_db() -> None:
     root = data_path("bigearthnet_mm")
     from skysense.data import BigEarthNetMM
@@ -130,6 +137,7 @@ def test_stats_real_s1_db() -> None:
     assert stats["s1"].mean[0] == pytest.approx(float(np.concatenate(vv).astype(np.float64).mean()), rel=1e-6)
 
 
+@pytest.mark.data
 def test_quicklook_png(tmp_path) -> None:
     root = data_path("levir_cd")
     out = tmp_path / "ql.png"

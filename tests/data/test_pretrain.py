@@ -129,6 +129,7 @@ def test_errors(tmp_path) -> None:
         PretrainDataset(tmp_path, modalities=("s2",))
 
 
+@pytest.mark.data
 def test_real_sen1floods11_s1_s2(tmp_path, capsys) -> None:
     src = data_path("sen1floods11")
     root = tmp_path / "flood"

@@ -276,6 +276,7 @@ def test_npy_series(tmp_path) -> None:
 # ----------------------------------------------------------------------------- real data
 
 
+@pytest.mark.data
 def test_real_bigearthnet_bands_against_rasterio() -> None:
     patch = data_path("bigearthnet_mm", "s2", "S2A_MSIL2A_20170617T113321_4_55")
     r = read_s2_bandset(patch)
@@ -293,6 +294,7 @@ def test_real_bigearthnet_bands_against_rasterio() -> None:
     assert r.data[7, 2 * i, 2 * j] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.data
 def test_real_sen1floods11_s2_and_s1() -> None:
     root = data_path("sen1floods11")
     s2 = select_s2_bands(read_raster(root / "S2" / "Spain_7370579_S2Hand.tif"))
@@ -305,6 +307,7 @@ def test_real_sen1floods11_s2_and_s1() -> None:
         np.testing.assert_array_equal(s1.data, ds.read())
 
 
+@pytest.mark.data
 def test_real_rasters_nodata_mask() -> None:
     f = data_path("rasters", "RGB.byte.tif")
     r = read_raster(f, window=(100, 50, 64, 64))

@@ -1,5 +1,6 @@
 """In-memory AID scenes: the hash split, resizing, normalisation, the pre-training sample view."""
 
+import pytest
 import torch
 
 from skysense.bands import NORM_STATS
@@ -38,6 +39,7 @@ def test_normalise_hr_uses_the_spec_statistics():
     torch.testing.assert_close(normalise_hr(x)[:, 1, 1], want)
 
 
+@pytest.mark.data
 def test_real_aid_split_sizes_are_fixed():
     root = data_path("aid")
     val = load_scenes(root, "val", 16, progress=False)

@@ -154,6 +154,8 @@ def test_grad_checkpointing_is_exact():
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
 
 
+@pytest.mark.compile
+@pytest.mark.slow
 @torch.no_grad()
 def test_torch_compile_matches_eager(model):
     sample = make_sample(("hr", "s2"))

@@ -90,6 +90,7 @@ def assert_all_close(a: list[Tensor], b: list[Tensor], atol: float, rtol: float 
 # ----------------------------------------------------------------------------- official keys
 
 
+@pytest.mark.data
 @pytest.mark.skipif(official_keys_file() is None, reason="official_keys.txt not found (shared/docs)")
 def test_huge_state_dict_equals_the_official_keys_on_meta() -> None:
     official, buffers = [], {}
@@ -425,6 +426,7 @@ def test_inference_mode_caches_do_not_leak_into_training() -> None:
     assert model.stages[0].blocks[1].attn.w_msa.cpb_mlp[0].weight.grad is not None
 
 
+@pytest.mark.compile
 def test_torch_compile_fullgraph_matches_eager() -> None:
     # dynamo + AOT autograd with no graph break; the inductor backend is exercised by the slow test
     model = build(depths=(2, 1, 1, 1)).float().eval()
@@ -435,6 +437,7 @@ def test_torch_compile_fullgraph_matches_eager() -> None:
     assert_all_close(compiled, eager, atol=1e-5)
 
 
+@pytest.mark.compile
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("SKYSENSE_TEST_INDUCTOR"), reason="inductor codegen takes ~30 s cold")
 def test_torch_compile_inductor_matches_eager() -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from skysense.config import ViTConfig
 from skysense.models.vit import TransformerEncoderLayer, VisionTransformer
 
-OFFICIAL_KEYS = Path("/work/shared/docs/official_keys.txt")
+OFFICIAL_KEYS = Path(__file__).resolve().parents[3] / "shared" / "docs" / "official_keys.txt"
 # grid 8x8 at the native size, 65 tokens with the cls slot
 TINY = ViTConfig(
     in_chans=3, img_size=16, patch_size=2, embed_dim=32, depth=3, num_heads=4, out_indices=(0, 1, 2)
@@ -209,6 +209,7 @@ def test_out_indices_pick_the_right_layers() -> None:
         assert_all_close(model(x), [manual[i] for i in indices], atol=0)
 
 
+@pytest.mark.data
 def test_huge_keys_and_shapes_equal_official() -> None:
     if not OFFICIAL_KEYS.exists():
         pytest.skip(f"{OFFICIAL_KEYS} (official key list of the released checkpoints) is absent")
@@ -262,6 +263,7 @@ def test_bf16_autocast_close_to_fp32() -> None:
         assert (a.float() - b).norm() / b.norm() < 3e-2
 
 
+@pytest.mark.compile
 @pytest.mark.slow
 def test_torch_compile_matches_eager() -> None:
     # inductor codegen dominates (about 15 s cold on 2 cores): one layer, one small input
