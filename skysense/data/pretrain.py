@@ -11,12 +11,17 @@ the same bounds at its own native pixel size (``sizes`` overrides), reprojected 
 Sample: ``hr`` (C, H, W) + ``hr_dates`` (1,) (the latest hr file), ``s2``/``s1`` (T, C, h, w) +
 dates (T,) sorted by date, ``*_invalid``, ``lat``/``lon`` of the tile centre; any subset of
 modalities via ``modalities``. Sample id: ``<row>_<col>`` of the tile.
+
+Cells a reprojected file does not cover are invalid. A tile with no valid pixel in any modality is
+left out when the dataset is built (``skip_empty``, default), counted in ``skipped_empty`` with a
+warning naming the first few. Two files of one modality with the same date are warned about.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ from rasterio.windows import from_bounds
 
 from skysense.bands import S2_BANDS
 from skysense.config import MODALITIES as MODALITY_ORDER
+from skysense.data.checks import check_dn_dtype, check_real
 from skysense.data.datasets import GeoDataset, Sample, put_lonlat
 from skysense.data.readers import (
     RASTER_SUFFIXES,
@@ -44,6 +50,7 @@ from skysense.data.readers import (
     open_raster,
     parse_date,
     select_s2_bands,
+    warn_duplicate_dates,
 )
 from skysense.dates import to_days
 
@@ -77,8 +84,10 @@ class PretrainDataset(GeoDataset):
         resampling: Resampling = "bilinear",
         s2_bands: Sequence[str] = S2_BANDS,
         s1_units: str = "auto",
+        skip_empty: bool = True,
         **kw: Any,
     ) -> None:
+        self.skip_empty, self.skipped_empty = skip_empty, 0
         self.want, self.size, self.ref_name, self.user_sizes = modalities, size, ref, dict(sizes or {})
         self.user_dates = {k: v for k, v in (dates or {}).items()}
         self.resampling, self.s2_bands, self.s1_units = resampling, tuple(s2_bands), s1_units
@@ -118,6 +127,7 @@ class PretrainDataset(GeoDataset):
                 raise ValueError(f"{dirs[m]}: no raster files for modality {m}")
             dated = sorted(((f, self._date(f)) for f in files), key=lambda x: x[1])
             self.files[m] = dated[-1:] if m == "hr" else dated  # hr: one image, the latest
+            warn_duplicate_dates([(f.name, d) for f, d in self.files[m]], str(dirs[m]))
         self.modalities = mods
         self.ref = self.ref_name or ("s2" if "s2" in mods else mods[0])
         if self.ref not in mods:
@@ -161,7 +171,31 @@ class PretrainDataset(GeoDataset):
             m: self.user_sizes.get(m) or max(1, round(self.tile / self.native_res[m])) for m in mods
         }
         self.pixels[self.ref] = self.user_sizes.get(self.ref, self.size)
-        return [{"id": f"{r}_{c}", "row": r, "col": c} for r in range(rows) for c in range(cols)]
+        tiles = [{"id": f"{r}_{c}", "row": r, "col": c} for r in range(rows) for c in range(cols)]
+        return self._drop_empty(tiles) if self.skip_empty else tiles
+
+    def _has_valid(self, rec: dict[str, Any]) -> bool:
+        """Whether any file of any modality has a valid pixel in the tile (the reference first)."""
+        bounds = self.bounds_of(rec)
+        for m in sorted(self.modalities, key=lambda m: m != self.ref):
+            for f, _ in self.files[m]:
+                if not self._read(f, bounds, self.pixels[m]).invalid.all():
+                    return True
+        return False
+
+    def _drop_empty(self, tiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        keep = [t for t in tiles if self._has_valid(t)]
+        self.skipped_empty = len(tiles) - len(keep)
+        if self.skipped_empty:
+            gone = [t["id"] for t in tiles if t not in keep]
+            warnings.warn(
+                f"{self.root}: {self.skipped_empty} of {len(tiles)} tiles have no valid pixel in any "
+                f"modality and are skipped ({', '.join(gone[:5])}{' ...' * (len(gone) > 5)})",
+                stacklevel=4,
+            )
+        if tiles and not keep:
+            raise ValueError(f"{self.root}: every one of the {len(tiles)} tiles is nodata/NaN in every file")
+        return keep
 
     # -- loading one tile
 
@@ -174,20 +208,32 @@ class PretrainDataset(GeoDataset):
         """Pixels of ``f`` over ``bounds`` (reference CRS) as (C, n, n), nodata/NaN flagged."""
         rs = GDALResampling.bilinear if self.resampling == "bilinear" else GDALResampling.nearest
         with open_raster(f) as src:
+            check_real(src.dtypes[0], f)
             nodata = src.nodata
-            ds: Any = src if src.crs == self.crs else WarpedVRT(src, crs=self.crs, resampling=rs)
+            # without a nodata value, an alpha band marks the cells the reprojected file does not cover
+            alpha = {"add_alpha": True} if nodata is None else {}
+            ds: Any = src if src.crs == self.crs else WarpedVRT(src, crs=self.crs, resampling=rs, **alpha)
+            outside = None
             try:
                 win = from_bounds(*bounds, transform=ds.transform)
-                data = ds.read(window=win, out_shape=(ds.count, n, n), resampling=rs, boundless=False)
+                bands = list(range(1, src.count + 1))
+                data = ds.read(bands, window=win, out_shape=(src.count, n, n), resampling=rs, boundless=False)
+                if alpha and ds is not src:
+                    last = src.count + 1  # the alpha band
+                    mask = ds.read(last, window=win, out_shape=(n, n), resampling=GDALResampling.nearest)
+                    outside = mask == 0
             except rasterio.errors.RasterioIOError as e:
                 raise ValueError(f"{f}: cannot read pixels (truncated or corrupt file?): {e}") from None
             finally:
                 if ds is not src:
                     ds.close()
             descriptions = [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)]
+            dtype = src.dtypes[0]
         invalid = np.isnan(data).any(axis=0) if data.dtype.kind == "f" else np.zeros((n, n), bool)
         if nodata is not None and not np.isnan(nodata):
             invalid |= (data == nodata).any(axis=0)
+        if outside is not None:
+            invalid |= outside
         out = data.astype(np.float32)
         out[:, invalid] = 0.0
         res = (bounds[2] - bounds[0]) / n
@@ -196,6 +242,7 @@ class PretrainDataset(GeoDataset):
             "crs": crs_string(self.crs),
             "transform": (res, 0.0, bounds[0], 0.0, -res, bounds[3]),
             "nodata": None if nodata is None else float(nodata),
+            "dtype": dtype,
             "bands": descriptions,
             "width": n,
             "height": n,
@@ -207,6 +254,7 @@ class PretrainDataset(GeoDataset):
             return select_s2_bands(r, self.s2_bands)
         if m == "s1":
             return as_s1_db(r, self.s1_units)  # type: ignore[arg-type]
+        check_dn_dtype(r.meta["dtype"], r.meta["path"])
         if r.data.shape[0] not in (3, 4):
             raise ValueError(
                 f"{r.meta['path']}: {r.data.shape[0]} band(s); hr must be RGB (3) or RGB-NIR (4)"

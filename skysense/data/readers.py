@@ -33,8 +33,9 @@ from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from skysense.bands import S2_ALL_BANDS, S2_BANDS, S2_L2A_BANDS, s1_band_name, s2_band_name
+from skysense.data.checks import check_dn_dtype, check_real, s1_units
 from skysense.data.safe import pick_native, resolution_of, s2_image_folders, s2_product_date
-from skysense.dates import to_days
+from skysense.dates import from_days, to_days
 
 Resampling = Literal["bilinear", "nearest"]
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
@@ -128,6 +129,7 @@ def read_raster(
     """
     win = Window(*window) if isinstance(window, tuple) else window
     with open_raster(path) as ds:
+        check_real(ds.dtypes[0], path)
         bad = [i for i in (bands or []) if not 1 <= i <= ds.count]
         if bad:
             raise ValueError(f"{path}: band index {bad} out of range, the file has {ds.count} band(s)")
@@ -258,6 +260,8 @@ def read_s2_bandset(
             f"{where}: missing Sentinel-2 band(s) {', '.join(missing)} (found: {', '.join(sorted(by_name))})"
         )
     rasters = [read_raster(by_name[b], allow_empty=True) for b in want]
+    for r in rasters:
+        check_dn_dtype(r.meta["dtype"], r.meta["path"], "Sentinel-2 reflectance DN")
     ref = min(rasters, key=lambda r: abs(r.meta["transform"][0]) if r.meta["transform"] else 0.0)
     for r in rasters:
         if r.meta["transform"] is None:
@@ -311,6 +315,7 @@ def select_s2_bands(raster: Raster, bands: Sequence[str] = S2_BANDS) -> Raster:
             f"{raster.meta.get('path')}: missing Sentinel-2 band(s) {', '.join(missing)} (has {canon})"
         )
     idx = [canon.index(b) for b in want]
+    check_dn_dtype(raster.meta.get("dtype", "float32"), raster.meta.get("path"), "Sentinel-2 reflectance DN")
     meta = dict(raster.meta, bands=want, units="reflectance DN")
     return Raster(raster.data[idx], raster.invalid, meta)
 
@@ -330,8 +335,8 @@ def linear_to_db(x: np.ndarray, invalid: np.ndarray) -> tuple[np.ndarray, np.nda
 def as_s1_db(r: Raster, units: Literal["auto", "db", "linear"] = "auto") -> Raster:
     """A 2-band Sentinel-1 raster -> VV, VH in dB (bands ordered by their descriptions, else taken as VV, VH).
 
-    ``units``: what the raster holds; ``auto`` takes data without any negative valid value as linear
-    power (dB backscatter of land and water is almost always partly negative) and converts it.
+    ``units``: what the raster holds, checked against its values; ``auto`` takes non-negative data with
+    a median under 1 as linear power and converts it (see :mod:`skysense.data.checks`).
     """
     where = r.meta.get("path")
     if r.data.shape[0] != 2:
@@ -343,13 +348,9 @@ def as_s1_db(r: Raster, units: Literal["auto", "db", "linear"] = "auto") -> Rast
     if sorted(names) != ["VH", "VV"]:
         raise ValueError(f"{where}: expected bands VV and VH, found {names}")
     data, invalid = r.data[[names.index("VV"), names.index("VH")]], r.invalid
-    if units == "auto":
-        valid = data[:, ~invalid]
-        units = "linear" if valid.size and valid.min() >= 0 else "db"
+    units = s1_units(data[:, ~invalid].reshape(-1), units, where)
     if units == "linear":
         data, invalid = linear_to_db(data, invalid)
-    elif units != "db":
-        raise ValueError(f"unknown Sentinel-1 units {units!r}: use 'auto', 'db' or 'linear'")
     return Raster(data, invalid, dict(r.meta, bands=["VV", "VH"], units="dB", source_units=units))
 
 
@@ -393,6 +394,7 @@ def read_s1(
 def read_image(path: str | Path, allow_empty: bool = False) -> Raster:
     """``hr`` image: RGB or RGB-NIR GeoTIFF/PNG/JPEG (an alpha band becomes ``invalid``), values as stored."""
     r = read_raster(path, allow_empty=allow_empty)
+    check_dn_dtype(r.meta["dtype"], path)
     c = r.data.shape[0]
     if c not in (3, 4):
         raise ValueError(f"{path}: {c} band(s); an hr image must be RGB (3) or RGB-NIR (4)")
@@ -447,6 +449,18 @@ def date_of_file(path: str | Path) -> _dt.date:
         ) from None
 
 
+def warn_duplicate_dates(dated: Sequence[tuple[str, _dt.date]], where: str) -> None:
+    """Warn where two files ``(name, date)`` share an acquisition date (naming them): one place is
+    seldom imaged twice a day, so it is most often a copy or a wrong date."""
+    by_date: dict[_dt.date, list[str]] = {}
+    for name, d in dated:
+        by_date.setdefault(d, []).append(name)
+    dups = {d: names for d, names in by_date.items() if len(names) > 1}
+    if dups:
+        text = "; ".join(f"{d.isoformat()}: {', '.join(names)}" for d, names in sorted(dups.items()))
+        warnings.warn(f"{where}: files with the same acquisition date ({text})", stacklevel=3)
+
+
 def read_series(
     paths: Sequence[str | Path],
     dates: Sequence[str | _dt.date] | None = None,
@@ -454,8 +468,8 @@ def read_series(
 ) -> tuple[np.ndarray, np.ndarray, torch.Tensor, list[dict[str, Any]]]:
     """A stack of dated files of one place -> data (T, C, H, W), invalid (T, H, W), days (T,), metas.
 
-    Dates come from ``dates`` or each file's tags/name; steps are sorted by date. All files must
-    share band count, size, CRS and transform.
+    Dates come from ``dates`` or each file's tags/name; steps are sorted by date (a date given twice
+    is warned about, naming the files). All files must share band count, size, CRS and transform.
     """
     if not paths:
         raise ValueError("empty time series: no files given")
@@ -463,6 +477,7 @@ def read_series(
         raise ValueError(f"{len(paths)} files but {len(dates)} dates")
     when = list(dates) if dates is not None else [date_of_file(p) for p in paths]
     days = to_days(when)
+    warn_duplicate_dates([(Path(p).name, d) for p, d in zip(paths, from_days(days))], "time series")
     order = torch.argsort(days, stable=True).tolist()
     rasters = [reader(paths[i], allow_empty=True) for i in order]
     ref = rasters[0]

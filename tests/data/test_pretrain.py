@@ -43,7 +43,7 @@ def _folder(tmp_path):
             origin=(X0, Y0),
             nodata=0,
         )
-    s1 = -_field(20, 64, 2) - 1
+    s1 = -_field(20, 64, 2) / 100 - 1  # dB: -1 .. -16.15
     s1[:, 0, 0] = np.nan
     write_tif(
         root / "s1" / "s1_20200107.tif", s1, res=20, origin=(X0, Y0), descriptions=["VV", "VH"], nodata=np.nan
@@ -67,7 +67,7 @@ def test_tiles_are_aligned_across_resolutions(tmp_path) -> None:
     assert s["s2_dates"].tolist()[:2] == days and s["hr_dates"].shape == (1,)
     s2 = s["s2"][0, 0].numpy() - 1000
     np.testing.assert_array_equal(s2, s["hr"][0].numpy()[::4, ::4])  # same ground, 4x finer hr
-    np.testing.assert_array_equal(-s["s1"][0, 0].numpy() - 1, s2[::2, ::2])
+    np.testing.assert_allclose(-100 * (s["s1"][0, 0].numpy() + 1), s2[::2, ::2], atol=1e-3)
     with rasterio.open(root / "s2" / "s2_20200105.tif") as f:
         ref = f.read(1, window=Window(32, 32, 32, 32)).astype(np.float32)
     np.testing.assert_array_equal(s["s2"][0, 0].numpy(), ref)
@@ -152,3 +152,50 @@ def test_real_sen1floods11_s1_s2(tmp_path, capsys) -> None:
     (root / "dates.json").write_text(json.dumps(dates))  # the sidecar lets the CLI find the dates
     assert main(["data", "inspect", str(root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dates"]["s1"]["first"] == "2019-09-17"
+
+
+def test_empty_tiles_are_skipped_and_counted(tmp_path) -> None:
+    root = tmp_path / "pre"
+    (root / "s2").mkdir(parents=True)
+    data = (_field(10, 64, 10) + 1000).astype(np.uint16)
+    data[:, :32, :32] = 0  # tile 0_0 is nodata everywhere
+    write_tif(root / "s2" / "s2_20200110.tif", data, res=10, origin=(X0, Y0), nodata=0)
+    with pytest.warns(UserWarning, match=r"1 of 4 tiles have no valid pixel in any modality .*\(0_0\)"):
+        ds = PretrainDataset(root, size=32)
+    assert ds.ids == ["0_1", "1_0", "1_1"] and ds.skipped_empty == 1
+    assert len(PretrainDataset(root, size=32, skip_empty=False)) == 4
+    data[:] = 0
+    write_tif(root / "s2" / "s2_20200110.tif", data, res=10, origin=(X0, Y0), nodata=0)
+    with pytest.raises(ValueError, match="every one of the 4 tiles is nodata"):
+        PretrainDataset(root, size=32)
+
+
+def test_duplicate_dates_are_warned_about(tmp_path) -> None:
+    root = _folder(tmp_path)
+    write_tif(
+        root / "s2" / "copy_2020-01-10.tif", np.ones((10, 128, 128), np.uint16) * 5, res=10, origin=(X0, Y0)
+    )
+    with pytest.warns(
+        UserWarning, match=r"same acquisition date \(2020-01-10: .*copy_2020-01-10.tif, s2_20200110"
+    ):
+        PretrainDataset(root, size=32)
+
+
+def test_reprojected_edges_are_invalid(tmp_path) -> None:
+    root = tmp_path / "pre"
+    (root / "s2").mkdir(parents=True)
+    (root / "s1").mkdir()
+    write_tif(root / "s2" / "s2_20200110.tif", np.full((10, 64, 64), 900, np.uint16), res=10, origin=(X0, Y0))
+    # S1 without a nodata value on EPSG:32632: the warper's fill outside it must not pass as data
+    from rasterio.warp import transform as warp_transform
+
+    xs, ys = warp_transform("EPSG:32633", "EPSG:32632", [X0], [Y0])
+    s1 = np.full((2, 40, 40), -12.0, np.float32)  # inside the s2 file: its bounding box sets the area
+    write_tif(
+        root / "s1" / "s1_20200110.tif", s1, crs="EPSG:32632", origin=(xs[0] + 100, ys[0] - 100), res=10
+    )
+    ds = PretrainDataset(root, size=32, resampling="nearest")
+    s = ds[0]
+    inv = s["s1_invalid"][0]
+    assert inv.any() and not inv.all()  # the rotated footprint leaves a corner uncovered
+    assert (s["s1"][0, :, ~inv] == -12.0).all() and (s["s1"][0, :, inv] == 0).all()
