@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 from rasterio.crs import CRS
+from rasterio.enums import Resampling as WarpResampling
+from rasterio.transform import Affine
+from rasterio.warp import reproject
 from rasterio.warp import transform as warp_transform
 from torch.utils.data import Dataset
 
@@ -108,16 +112,49 @@ def check_modalities(modalities: Sequence[str], allowed: Sequence[str], dataset:
     return mods
 
 
+def warp_to(r: Raster, ref: Raster, resampling: Resampling = "bilinear") -> Raster:
+    """``r`` reprojected onto the grid of ``ref`` (its CRS, transform and size) by GDAL's warper.
+
+    Cells of ``ref`` that no valid pixel of ``r`` covers (the edges where the footprints differ, r's
+    own nodata) are invalid, 0 in ``data``.
+    """
+    src = np.where(r.invalid[None], np.float32(np.nan), r.data).astype(np.float32)
+    h, w = ref.shape
+    dst = np.full((src.shape[0], h, w), np.nan, np.float32)
+    reproject(
+        src,
+        dst,
+        src_transform=Affine(*r.meta["transform"]),
+        src_crs=CRS.from_user_input(r.meta["crs"]),
+        src_nodata=np.nan,
+        dst_transform=Affine(*ref.meta["transform"]),
+        dst_crs=CRS.from_user_input(ref.meta["crs"]),
+        dst_nodata=np.nan,
+        resampling=WarpResampling.bilinear if resampling == "bilinear" else WarpResampling.nearest,
+    )
+    invalid = np.asarray(np.isnan(dst).any(axis=0))
+    dst[:, invalid] = 0.0
+    meta = dict(r.meta, reprojected_from=r.meta["crs"], width=w, height=h)
+    meta.update({k: ref.meta.get(k) for k in ("crs", "transform", "res")})
+    return Raster(dst, invalid, meta)
+
+
 def put_aligned(sample: Sample, rasters: dict[str, tuple[Raster, torch.Tensor]], what: str) -> None:
     """Store co-registered one-date rasters ``{mod: (raster, days (1,))}`` as (1, C, H, W) series.
 
-    They must share CRS and extent (``what`` names the pairing in the error); lat/lon of the centre.
+    Rasters on the reference grid (``s2`` where present, else the first) must share its extent
+    (``what`` names the pairing in the error); one on another CRS is reprojected onto it
+    (:func:`warp_to`), its uncovered edges invalid. Lat/lon of the centre.
     """
-    first = next(iter(rasters.values()))[0]
+    ref = rasters["s2"][0] if "s2" in rasters else next(iter(rasters.values()))[0]
     for mod, (r, days) in rasters.items():
-        check_same_grid(first.meta, r.meta, what)
+        if r.meta.get("crs") and ref.meta.get("crs") and r.meta["crs"] != ref.meta["crs"]:
+            r = warp_to(r, ref)
+            if r.invalid.all():
+                raise ValueError(f"{what}: {r.meta['path']} does not overlap {ref.meta['path']}")
+        check_same_grid(ref.meta, r.meta, what)
         put_image(sample, mod, r, days, series=True)
-    put_lonlat(sample, lonlat_of(first.meta))
+    put_lonlat(sample, lonlat_of(ref.meta))
 
 
 def _files(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES, recursive: bool = False) -> list[Path]:
@@ -196,7 +233,8 @@ class SceneClassification(GeoDataset):
     """Single-label scenes from ``root/<class>/*.jpg|png|tif`` (AID, UC Merced, RESISC45 layout).
 
     ``hr`` (C, H, W) 0-255, ``hr_invalid`` (H, W), ``label`` int64 index into ``classes`` (sorted
-    folder names). Sample id: ``<class>/<file name>``.
+    folder names). Sample id: ``<class>/<file name>``. A class folder without images stays a class
+    (so no later class index shifts), listed in ``empty_classes`` with a warning.
     """
 
     layout = "scene_classification"
@@ -206,12 +244,16 @@ class SceneClassification(GeoDataset):
         if not self.root.is_dir():
             raise ValueError(f"{self.root}: not a folder")
         dirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        self.classes = [d.name for d in dirs if _files(d)]
+        self.classes = [d.name for d in dirs]
+        self.empty_classes = [d.name for d in dirs if not _files(d)]
+        if self.empty_classes and len(self.empty_classes) < len(dirs):
+            warnings.warn(
+                f"{self.root}: class folder(s) without images kept as classes (indexes unchanged): "
+                f"{', '.join(self.empty_classes)}",
+                stacklevel=3,
+            )
         return [
-            {"id": f"{d.name}/{f.name}", "path": f, "label": self.classes.index(d.name)}
-            for d in dirs
-            if d.name in self.classes
-            for f in _files(d)
+            {"id": f"{d.name}/{f.name}", "path": f, "label": i} for i, d in enumerate(dirs) for f in _files(d)
         ]
 
     def _load(self, rec: dict[str, Any]) -> Sample:
@@ -574,7 +616,10 @@ class Segmentation(GeoDataset):
 
     ``hr`` (C, H, W) 0-255, ``target`` int64 (H, W). ``reduce_zero_label`` (LoveDA: 0 = no-data):
     0 -> -1 and every other class k -> k - 1. ``ignore_values``: label values also mapped to -1
-    (e.g. 255). Sample id: path under ``img_dir`` without suffix.
+    (e.g. 255). ``num_classes``: where given, any other value (after the mapping) outside
+    ``0..num_classes-1`` is an error naming the file and the values. An image without a label map
+    is an error naming it, unless ``skip_unlabelled`` (then listed in ``unlabelled``). Sample id:
+    path under ``img_dir`` without suffix.
     """
 
     layout = "segmentation"
@@ -585,9 +630,12 @@ class Segmentation(GeoDataset):
         root: str | Path,
         reduce_zero_label: bool = False,
         ignore_values: Sequence[int] = (255,),
+        num_classes: int | None = None,
+        skip_unlabelled: bool = False,
         **kw: Any,
     ) -> None:
         self.reduce_zero_label, self.ignore_values = reduce_zero_label, tuple(ignore_values)
+        self.num_classes, self.skip_unlabelled = num_classes, skip_unlabelled
         super().__init__(root, **kw)
 
     def _scan(self) -> list[dict[str, Any]]:
@@ -603,6 +651,13 @@ class Segmentation(GeoDataset):
                 recs.append({"id": key, "image": f, "ann": anns[key]})
             else:
                 self.unlabelled.append(key)
+        if self.unlabelled and not self.skip_unlabelled:
+            n = len(self.unlabelled)
+            raise ValueError(
+                f"{img_dir}: {n} image(s) without a label map in {ann_dir}: "
+                f"{', '.join(self.unlabelled[:5])}{' ...' * (n > 5)}; add them, or pass "
+                "skip_unlabelled=True to leave these images out"
+            )
         return recs
 
     def _load(self, rec: dict[str, Any]) -> Sample:
@@ -623,6 +678,16 @@ class Segmentation(GeoDataset):
         if self.reduce_zero_label:
             ignore |= target == 0
             target = target - 1
+        if self.num_classes is not None:
+            kept = target[~ignore]
+            bad = kept[(kept < 0) | (kept >= self.num_classes)].unique()
+            if bad.numel():
+                raw = (bad + int(self.reduce_zero_label)).tolist()
+                raise ValueError(
+                    f"{rec['ann']}: label value(s) {raw[:10]} outside the {self.num_classes} classes "
+                    f"(values 0..{self.num_classes - 1}{', after reduce_zero_label' * self.reduce_zero_label}"
+                    f"; ignored: {list(self.ignore_values)}); add them to ignore_values or fix num_classes"
+                )
         sample["target"] = target.masked_fill(ignore, IGNORE_INDEX)
         put_lonlat(sample, lonlat_of(img.meta))
         return sample

@@ -44,13 +44,23 @@ def load_scenes(
     fractions: tuple[float, float, float] = PROBE_FRACTIONS,
     progress: bool = True,
 ) -> Scenes:
-    """The scenes of ``split`` (``train``/``val``/``test``, None = all) of an AID-style folder, resized."""
+    """The scenes of ``split`` (``train``/``val``/``test``, None = all) of an AID-style folder, resized.
+
+    Values above 255 (16-bit images) are refused, naming the file; an empty class folder stays a class.
+    """
     ds = SceneClassification(root, split=split, fractions=fractions)
     if len(ds) == 0:
         raise ValueError(f"{root}: no images in split {split!r}")
 
     def one(i: int) -> tuple[Tensor, int, str]:
         s = ds[i]
+        top = float(s["hr"].max())
+        if top > 255:  # clamping would turn the scene white without a word
+            m = s["meta"]["hr"]
+            raise ValueError(
+                f"{m['path']}: {m['dtype']} values up to {top:g}; scenes are 8-bit (0-255): convert the "
+                "images to 8 bits first (e.g. 16-bit x 255/65535, 12-bit x 255/4095)"
+            )
         x = s["hr"][:3].unsqueeze(0)  # (1, 3, H, W) 0-255
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return x[0].round().clamp(0, 255).to(torch.uint8), int(s["label"]), s["meta"]["id"]

@@ -352,3 +352,34 @@ def test_eopatch_all_clouds(tmp_path) -> None:
     (p / "timestamps.json").write_text(json.dumps(["2020-01-01", "2020-01-06"]))
     with pytest.raises(ValueError, match="NDVI.npy: every pixel of every date is cloud"):
         EOPatchDataset(p, label=None)[0]
+
+
+def _seg_folder(tmp_path, labels: dict[str, np.ndarray], images: tuple[str, ...]):
+    (tmp_path / "img_dir").mkdir()
+    (tmp_path / "ann_dir").mkdir()
+    for name in images:
+        write_tif(tmp_path / "img_dir" / f"{name}.tif", np.ones((3, 4, 4), np.uint8), crs=None)
+    for name, lab in labels.items():
+        write_tif(tmp_path / "ann_dir" / f"{name}.tif", lab[None].astype(np.uint8), crs=None)
+    return tmp_path
+
+
+def test_segmentation_labels_outside_the_classes(tmp_path) -> None:
+    lab = np.array([[0, 1, 2, 255], [7, 1, 1, 1], [0, 0, 9, 0], [1, 1, 1, 1]])
+    root = _seg_folder(tmp_path, {"a": lab}, ("a",))
+    with pytest.raises(ValueError, match=r"ann_dir/a.tif: label value\(s\) \[7, 9\] outside the 3 classes"):
+        Segmentation(root, num_classes=3)[0]
+    t = Segmentation(root, num_classes=3, ignore_values=(255, 7, 9))[0]["target"]
+    assert t[1, 0] == -1 and t[2, 2] == -1 and t[0, 3] == -1 and t[0, 2] == 2
+    # reduce_zero_label: raw values are named as they are in the file
+    with pytest.raises(ValueError, match=r"\[7, 9\] outside the 6 classes"):
+        Segmentation(root, num_classes=6, reduce_zero_label=True)[0]
+    assert Segmentation(root)[0]["target"][1, 0] == 7  # no num_classes: values as stored
+
+
+def test_segmentation_image_without_label_is_named(tmp_path) -> None:
+    root = _seg_folder(tmp_path, {"a": np.zeros((4, 4))}, ("a", "b"))
+    with pytest.raises(ValueError, match=r"1 image\(s\) without a label map .*: b; .*skip_unlabelled=True"):
+        Segmentation(root)
+    ds = Segmentation(root, skip_unlabelled=True)
+    assert ds.ids == ["a"] and ds.unlabelled == ["b"]

@@ -45,3 +45,29 @@ def test_real_aid_split_sizes_are_fixed():
     val = load_scenes(root, "val", 16, progress=False)
     assert len(val.ids) == 676 and len(val.classes) == 30  # the split quoted in BENCHMARKS.md
     assert val.images.shape == (676, 3, 16, 16)
+
+
+def test_16bit_scenes_are_refused_not_clamped(tmp_path):
+    import numpy as np
+    import pytest
+
+    for cls in ("Beach", "Forest"):
+        (tmp_path / cls).mkdir()
+        write_tif(tmp_path / cls / "a.tif", np.full((3, 8, 8), 100, np.uint16), crs=None)  # fits 8 bits
+    write_tif(tmp_path / "Forest" / "b.tif", np.full((3, 8, 8), 3000, np.uint16), crs=None)
+    with pytest.raises(ValueError, match=r"Forest/b.tif: uint16 values up to 3000; scenes are 8-bit"):
+        load_scenes(tmp_path, None, 4, progress=False)
+
+
+def test_empty_class_folder_keeps_its_index(tmp_path):
+    import numpy as np
+    import pytest
+
+    for cls in ("a", "b", "c"):
+        (tmp_path / cls).mkdir()
+        if cls != "b":
+            write_tif(tmp_path / cls / "x.tif", np.full((3, 8, 8), 9, np.uint8), crs=None)
+    with pytest.warns(UserWarning, match="without images kept as classes.*: b"):
+        scenes = load_scenes(tmp_path, None, 4, progress=False)
+    assert scenes.classes == ["a", "b", "c"]
+    assert dict(zip(scenes.ids, scenes.labels.tolist())) == {"a/x.tif": 0, "c/x.tif": 2}
