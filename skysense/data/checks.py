@@ -12,6 +12,8 @@ silently wrong; ``int8`` is refused for digital numbers (DN), which it cannot ho
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -70,3 +72,88 @@ def s1_units(values: np.ndarray, declared: str, where: object) -> Literal["db", 
             "convert to sigma0 in dB or linear power first"
         )
     return units
+
+
+# ----------------------------------------------------------------------------- files
+
+_DRIVER_OF = {".tif": "GTiff", ".tiff": "GTiff", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+MIN_STRIP_SIDE, STRIP_RATIO = 8, 100
+
+
+def check_shape(height: int, width: int, where: object) -> None:
+    """Refuse a 1x1 raster and a thin strip (e.g. 20000 x 3): no image, most often axes swapped."""
+    if height * width == 1:
+        raise ValueError(f"{where}: a 1 x 1 raster, a single pixel: no image to encode")
+    short, long = min(height, width), max(height, width)
+    if short < MIN_STRIP_SIDE and long >= STRIP_RATIO * short:
+        raise ValueError(
+            f"{where}: a {height} x {width} strip: no image; were rows, columns and bands swapped "
+            "when it was written? (rasters are bands x height x width)"
+        )
+
+
+def file_notes(path: object, suffix: str, driver: str, has_crs: bool, has_transform: bool) -> list[str]:
+    """What is odd but readable about a raster file (the readers warn, ``data inspect`` lists them):
+    content of another format than its suffix says, a transform without a CRS."""
+    notes = []
+    want = _DRIVER_OF.get(suffix.lower())
+    if want is not None and driver != want:
+        notes.append(
+            f"{path}: the content is {driver}, not {want} as the suffix {suffix} says (renamed?); it "
+            "is read as it is, without the georeference a GeoTIFF would carry"
+        )
+    if has_transform and not has_crs:
+        notes.append(
+            f"{path}: a transform but no CRS: its location is unknown (no lat/lon, no pairing with "
+            "other files); set the CRS, e.g. gdal_edit.py -a_srs EPSG:32633"
+        )
+    return notes
+
+
+# ----------------------------------------------------------------------------- a file as the readers see it
+
+FULL_READ_MAX = 1 << 26  # values read in full by :func:`raster_problems`; larger files: a few blocks
+_BLOCK = 512
+
+
+def _sensor_of(bands: list[str]) -> str | None:
+    """``s2`` where every band description is a Sentinel-2 band number (``B02``..., not ``red``: an RGB
+    image is no S2 stack), ``s1`` where every one is a polarisation (VV, VH), else None."""
+    if bands and all(re.fullmatch(r"B\d{1,2}A?", b.strip(), re.IGNORECASE) for b in bands):
+        return "s2"
+    if bands and all(b.strip().upper() in ("VV", "VH") for b in bands):
+        return "s1"
+    return None
+
+
+def raster_problems(path: Path) -> tuple[bool, list[str]]:
+    """``(usable, problems)`` of one raster file, by the readers' own checks (``data inspect`` uses it).
+
+    The file is read in full (a few blocks, spread over it, where it holds more than
+    :data:`FULL_READ_MAX` values, so a truncated file is caught): unreadable, complex, a single pixel, a
+    strip, every pixel nodata/NaN are refusals (usable False); a file whose band descriptions name
+    Sentinel-2 bands goes through :func:`~skysense.data.readers.select_s2_bands` (the spec's 10 bands),
+    one naming VV/VH through :func:`~skysense.data.readers.as_s1_db` (the units check); notes (another
+    format than the suffix says, a transform without CRS) are problems of a usable file.
+    """
+    from skysense.data.readers import as_s1_db, open_raster, read_raster, select_s2_bands
+
+    try:
+        with open_raster(path) as ds:
+            h, w, c = ds.height, ds.width, ds.count
+        check_shape(h, w, path)
+        if h * w * c <= FULL_READ_MAX:
+            r = read_raster(path)
+        else:
+            bh, bw = min(_BLOCK, h), min(_BLOCK, w)
+            for frac in (0.0, 0.5, 1.0):  # first, middle and last blocks
+                row, col = int(frac * (h - bh)), int(frac * (w - bw))
+                r = read_raster(path, window=(col, row, bw, bh), allow_empty=True)
+        sensor = _sensor_of(r.meta["bands"])
+        if sensor == "s2":
+            select_s2_bands(r)
+        elif sensor == "s1":
+            as_s1_db(r)
+        return True, list(r.meta.get("notes", []))
+    except (ValueError, FileNotFoundError) as e:
+        return False, [str(e)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,10 +12,13 @@ from skysense.bands import save_stats
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from skysense.data.inspect import format_report, inspect
+    from skysense.data.inspect import format_report, inspect, usable
 
     report = inspect(args.path, layout=args.layout, max_samples=args.samples)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if usable(report) == 0:  # every file or sample checked is one the readers refuse
+        print(f"error: nothing usable in {args.path}: see the problems above", file=sys.stderr)
+        return 1
     if args.png:
         from skysense.data.quicklook import montage
 

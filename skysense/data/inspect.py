@@ -27,7 +27,16 @@ from skysense.data.datasets import (
     Segmentation,
     Sen1Floods11,
 )
-from skysense.data.readers import RASTER_SUFFIXES, date_of_file, open_raster, raster_meta
+from skysense.data.checks import raster_problems
+from skysense.data.readers import (
+    RASTER_SUFFIXES,
+    date_of_file,
+    find_s2_band_files,
+    open_raster,
+    raster_meta,
+    read_s1,
+    read_s2_bandset,
+)
 from skysense.dates import from_days
 
 DATASETS: dict[str, type[GeoDataset]] = {
@@ -86,9 +95,24 @@ def detect_layout(path: str | Path) -> str | None:
     ):
         if all(not _subdirs(d) for d in subs.values()):
             return "scene_classification"
+    bandset = _bandset_layout(path)
+    if bandset is not None:
+        return bandset
     if _has_files(path, RASTER_SUFFIXES):
         return "rasters"
     return None
+
+
+def _bandset_layout(path: Path) -> str | None:
+    """``s2_bandset`` (a SAFE product or granule, a folder of ``*_B02.tif``...), ``s1_patch`` (a folder
+    of ``*_VV.tif`` and ``*_VH.tif``) or None: one sample's folder, given directly."""
+    try:
+        if find_s2_band_files(path):
+            return "s2_bandset"
+    except ValueError:  # several granules or two files of one band: the reader's error is the report
+        return "s2_bandset"
+    pols = {f.stem.upper()[-3:] for f in path.iterdir() if f.suffix.lower() in RASTER_SUFFIXES}
+    return "s1_patch" if {"_VV", "_VH"} & pols else None
 
 
 def open_dataset(path: str | Path, layout: str | None = None, **kwargs: Any) -> GeoDataset:
@@ -141,14 +165,54 @@ def _inspect_rasters(path: Path) -> dict[str, Any]:
                 m["date"] = date_of_file(f).isoformat()
             except ValueError:
                 m["date"] = None
+            m["usable"], problems = raster_problems(f)  # what the readers would refuse or note
             out["files"].append(m)
+            out["problems"] += problems
         except (ValueError, FileNotFoundError) as e:
             out["problems"].append(str(e))
+    out["usable"] = sum(m["usable"] for m in out["files"])
     crs = sorted({str(m["crs"]) for m in out["files"]})
     out["crs"] = crs
     if len(crs) > 1:
         out["problems"].append(f"files in {len(crs)} different CRS: {[_short(c) for c in crs]}")
     return out
+
+
+def _inspect_bandset(path: Path, layout: str) -> dict[str, Any]:
+    """One Sentinel-2 band set (SAFE product too) or Sentinel-1 patch folder, read by its reader."""
+    out: dict[str, Any] = {"path": str(path), "layout": layout, "num_samples": 1, "problems": []}
+    try:
+        r = read_s2_bandset(path) if layout == "s2_bandset" else read_s1(_s1_files(path))
+    except (ValueError, FileNotFoundError) as e:
+        out.update(usable=0, problems=[str(e)])
+        return out
+    m = r.meta
+    out["modalities"] = {
+        "s2" if layout == "s2_bandset" else "s1": {
+            "bands": m["bands"],
+            "units": m["units"],
+            "shapes": [list(r.data.shape)],
+            "invalid_fraction_mean": round(float(r.invalid.mean()), 4),
+        }
+    }
+    out.update(usable=1, crs=[m["crs"]] if m.get("crs") else [])
+    if m.get("date"):
+        out["date"] = m["date"]
+    return out
+
+
+def _s1_files(path: Path) -> list[Path]:
+    pols = ("_VV", "_VH")
+    return sorted(
+        f for f in path.iterdir() if f.suffix.lower() in RASTER_SUFFIXES and f.stem.upper()[-3:] in pols
+    )
+
+
+def usable(report: dict[str, Any]) -> int:
+    """Samples (files) of a report that the readers accept, summed over a collection's children."""
+    if report.get("layout") == "collection":
+        return sum(usable(c) for c in report["children"])
+    return int(report.get("usable", report.get("num_samples", 0)))
 
 
 def inspect(
@@ -180,9 +244,13 @@ def inspect(
         return {"path": str(path), "layout": "collection", "children": children}
     if layout == "rasters":
         return _json_safe(_inspect_rasters(path))
+    if layout in ("s2_bandset", "s1_patch"):
+        return _json_safe(_inspect_bandset(path, layout))
+    if layout == "segmentation":  # images without a label map: listed as a problem, not raised
+        kwargs.setdefault("skip_unlabelled", True)
     ds = open_dataset(path, layout, **kwargs)
     report: dict[str, Any] = {"path": str(path), "layout": layout, "num_samples": len(ds), "problems": []}
-    for attr in ("unpaired_s1", "unmatched", "unlabelled"):
+    for attr in ("unpaired_s1", "unmatched", "unlabelled", "empty_classes"):
         items = getattr(ds, attr, None)
         if items:
             report["problems"].append(f"{attr.replace('_', ' ')}: {len(items)} ({', '.join(items[:5])})")
@@ -204,11 +272,13 @@ def inspect(
     crs: set[str] = set()
     dates: dict[str, set[str]] = {}
     targets: Counter[int] = Counter()
+    failed = 0
     for i in tqdm(picks, desc="inspect", unit="sample", disable=len(picks) < 100):
         try:
             s = ds[i]
         except (ValueError, FileNotFoundError) as e:
             report["problems"].append(f"sample {ds.ids[i]}: {e}")
+            failed += 1
             continue
         for key, v in s.items():
             if key in ("hr", "s2", "s1", "hr_pre", "hr_post"):
@@ -234,6 +304,7 @@ def inspect(
             report["problems"].append(f"{key}: a sample with more than 99% invalid pixels")
     report.update(
         samples_checked=len(picks),
+        usable=len(picks) - failed,
         modalities=mods,
         dates={k: {"first": min(v), "last": max(v), "distinct": len(v)} for k, v in dates.items()},
         crs=sorted(crs),
@@ -260,6 +331,9 @@ def format_report(report: dict[str, Any], indent: str = "") -> str:
         f"{indent}  layout: {report['layout']}",
         f"{indent}  samples: {report['num_samples']}",
     ]
+    if "usable" in report:
+        checked = report.get("samples_checked", report["num_samples"])
+        lines.append(f"{indent}  usable: {report['usable']} of {checked}")
     if report["layout"] == "rasters":
         for f in report["files"]:
             lines.append(

@@ -33,7 +33,7 @@ from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from skysense.bands import S2_ALL_BANDS, S2_BANDS, S2_L2A_BANDS, s1_band_name, s2_band_name
-from skysense.data.checks import check_dn_dtype, check_real, s1_units
+from skysense.data.checks import check_dn_dtype, check_real, check_shape, file_notes, s1_units
 from skysense.data.safe import pick_native, resolution_of, s2_image_folders, s2_product_date
 from skysense.dates import from_days, to_days
 
@@ -125,7 +125,9 @@ def read_raster(
     the file's nodata value. A transparent alpha band (value 0) marks pixels invalid. A band GDAL
     calls alpha but holding values other than 0 and the dtype's maximum is data, not alpha (GDAL
     tags the 4th band of every 4-band uint8 GeoTIFF as alpha, NIR included). Raises ``ValueError``
-    where every pixel is invalid unless ``allow_empty``.
+    where every pixel is invalid unless ``allow_empty`` and for complex pixels; ``meta["notes"]``
+    says where the content is not the format its suffix names or a transform comes without a CRS
+    (:mod:`skysense.data.checks`; ``skysense data inspect`` lists them).
     """
     win = Window(*window) if isinstance(window, tuple) else window
     with open_raster(path) as ds:
@@ -155,6 +157,9 @@ def read_raster(
             raise ValueError(f"{path}: cannot read pixels (truncated or corrupt file?): {e}") from None
         meta = raster_meta(ds, path, win)
         meta["bands"] = [meta["bands"][i - 1] for i in indexes]
+        meta["notes"] = file_notes(
+            path, Path(path).suffix, ds.driver, ds.crs is not None, meta["transform"] is not None
+        )
     nod = nodata if nodata is not None else meta["nodata"]
     meta["nodata"] = nod
     invalid = _invalid_of(data, nod)
@@ -276,6 +281,7 @@ def read_s2_bandset(
     data[:, invalid] = 0.0
     if invalid.all() and not allow_empty:
         raise ValueError(f"{where}: every pixel is nodata/NaN in at least one band")
+    check_shape(*ref.shape, where)
     meta = dict(ref.meta)
     meta.update(
         path=[r.meta["path"] for r in rasters],
@@ -386,6 +392,7 @@ def read_s1(
         data[:, invalid] = 0.0
         r = Raster(data, invalid, dict(vv.meta, path=[vv.meta["path"], vh.meta["path"]], bands=["VV", "VH"]))
     out = as_s1_db(r, units)
+    check_shape(*out.shape, out.meta["path"])
     if out.invalid.all() and not allow_empty:
         raise ValueError(f"{out.meta['path']}: every pixel is nodata/NaN")
     return out
@@ -395,6 +402,7 @@ def read_image(path: str | Path, allow_empty: bool = False) -> Raster:
     """``hr`` image: RGB or RGB-NIR GeoTIFF/PNG/JPEG (an alpha band becomes ``invalid``), values as stored."""
     r = read_raster(path, allow_empty=allow_empty)
     check_dn_dtype(r.meta["dtype"], path)
+    check_shape(*r.shape, path)
     c = r.data.shape[0]
     if c not in (3, 4):
         raise ValueError(f"{path}: {c} band(s); an hr image must be RGB (3) or RGB-NIR (4)")
