@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from skysense.config import MODALITIES as MODALITY_DIRS
+from skysense.data.checks import raster_problems
 from skysense.data.datasets import (
     IMAGE_SUFFIXES,
     BigEarthNetMM,
@@ -27,7 +28,6 @@ from skysense.data.datasets import (
     Segmentation,
     Sen1Floods11,
 )
-from skysense.data.checks import raster_problems
 from skysense.data.readers import (
     RASTER_SUFFIXES,
     date_of_file,
