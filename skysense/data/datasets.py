@@ -564,7 +564,8 @@ class ChangeDetection(GeoDataset):
     """Bi-temporal change pairs in the LEVIR-CD layout: ``A/<name>``, ``B/<name>``, ``label/<name>`` (0/255).
 
     ``hr_pre``, ``hr_post`` (C, H, W) 0-255 with ``*_invalid``; ``target`` int64 (H, W) 0/1. Pairs
-    without a label are skipped unless ``require_label=False`` (their ``target`` is all -1).
+    without a label are skipped with a warning naming them (listed in ``unlabelled``) unless
+    ``require_label=False`` (their ``target`` is all -1).
     """
 
     layout = "change_detection"
@@ -582,6 +583,13 @@ class ChangeDetection(GeoDataset):
         b = {f.name: f for f in _files(self.root / "B")}
         self.unmatched = sorted(set(a) ^ set(b))
         self.unlabelled = sorted(n for n in a if n in b and not (self.root / "label" / n).exists())
+        if self.unlabelled and self.require_label:
+            n = len(self.unlabelled)
+            warnings.warn(
+                f"{self.root}: {n} pair(s) without a label skipped ({', '.join(self.unlabelled[:5])}"
+                f"{' ...' * (n > 5)}); pass require_label=False to keep them with target -1",
+                stacklevel=3,
+            )
         return [
             {"id": Path(n).stem, "A": a[n], "B": b[n], "label": self.root / "label" / n}
             for n in sorted(set(a) & set(b))

@@ -383,3 +383,16 @@ def test_segmentation_image_without_label_is_named(tmp_path) -> None:
         Segmentation(root)
     ds = Segmentation(root, skip_unlabelled=True)
     assert ds.ids == ["a"] and ds.unlabelled == ["b"]
+
+
+def test_change_pair_without_label_is_named(tmp_path) -> None:
+    for sub in ("A", "B", "label"):
+        (tmp_path / sub).mkdir()
+    for name in ("x.tif", "y.tif"):
+        for sub in ("A", "B"):
+            write_tif(tmp_path / sub / name, np.ones((3, 4, 4), np.uint8), crs=None)
+    write_tif(tmp_path / "label" / "x.tif", np.zeros((1, 4, 4), np.uint8), crs=None)
+    with pytest.warns(UserWarning, match=r"1 pair\(s\) without a label skipped \(y.tif\)"):
+        ds = ChangeDetection(tmp_path)
+    assert ds.ids == ["x"]
+    assert ChangeDetection(tmp_path, require_label=False).ids == ["x", "y"]
