@@ -34,7 +34,14 @@ from rasterio.windows import Window
 
 from skysense.bands import S2_ALL_BANDS, S2_BANDS, S2_L2A_BANDS, s1_band_name, s2_band_name
 from skysense.data.checks import check_dn_dtype, check_real, check_shape, file_notes, s1_units
-from skysense.data.safe import pick_native, resolution_of, s2_image_folders, s2_product_date
+from skysense.data.safe import (
+    pick_native,
+    resolution_of,
+    s2_add_offsets,
+    s2_image_folders,
+    s2_product_date,
+    safe_root,
+)
 from skysense.dates import from_days, to_days
 
 Resampling = Literal["bilinear", "nearest"]
@@ -249,8 +256,9 @@ def read_s2_bandset(
 
     ``files``: a folder of ``*_B02.tif``... files, a SAFE product/granule folder (see
     :func:`find_s2_band_files`) or ``{band name: path}``; ``bands`` in the output order (aliases such
-    as ``B02``/``B08A`` accepted). All files must share CRS and extent. Inside a SAFE product the
-    sensing date goes to ``meta["date"]`` (ISO).
+    as ``B02``/``B08A`` accepted). All files must share CRS and extent. Inside a SAFE product 0 is
+    nodata, the product's add-offsets are added (``meta["add_offset"]``) and the sensing date goes
+    to ``meta["date"]`` (ISO); see :mod:`skysense.data.safe`.
     """
     where = str(files) if not isinstance(files, dict) else "band set"
     by_name = (
@@ -264,9 +272,12 @@ def read_s2_bandset(
         raise ValueError(
             f"{where}: missing Sentinel-2 band(s) {', '.join(missing)} (found: {', '.join(sorted(by_name))})"
         )
-    rasters = [read_raster(by_name[b], allow_empty=True) for b in want]
-    for r in rasters:
+    in_safe = not isinstance(files, dict) and safe_root(Path(files).resolve()) is not None
+    rasters = [read_raster(by_name[b], allow_empty=True, nodata=0.0 if in_safe else None) for b in want]
+    offsets = s2_add_offsets(files) if in_safe else {}
+    for b, r in zip(want, rasters):
         check_dn_dtype(r.meta["dtype"], r.meta["path"], "Sentinel-2 reflectance DN")
+        r.data[:, ~r.invalid] += offsets.get(b, 0.0)  # baseline 04.00 on: DN of the earlier products
     ref = min(rasters, key=lambda r: abs(r.meta["transform"][0]) if r.meta["transform"] else 0.0)
     for r in rasters:
         if r.meta["transform"] is None:
@@ -290,9 +301,11 @@ def read_s2_bandset(
         resampling=resampling,
         units="reflectance DN",
     )
-    when = s2_product_date(files) if not isinstance(files, dict) else None
+    when = s2_product_date(files) if in_safe else None
     if when is not None:  # a SAFE product: its sensing date
         meta["date"] = when.isoformat()
+    if offsets:
+        meta["add_offset"] = {b: offsets[b] for b in want if b in offsets}
     return Raster(data, invalid, meta)
 
 

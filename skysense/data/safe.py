@@ -6,7 +6,10 @@ band at its native resolution and resampled copies at the coarser ones (B02 in a
 :func:`s2_image_folders` turns a product, granule or ``IMG_DATA`` folder into the folders holding band
 files; :func:`pick_native` keeps one file per band, the one at the band's native resolution (else the
 finest); :func:`s2_product_date` reads the sensing date from ``MTD_MSIL1C.xml``/``MTD_MSIL2A.xml`` or
-the product name (``S2A_MSIL2A_20210302T101021_...``).
+the product name (``S2A_MSIL2A_20210302T101021_...``). Inside a SAFE product 0 is nodata (the
+products' NODATA special value; the JP2 files carry no nodata tag) and :func:`s2_add_offsets` gives
+the per-band ``BOA_ADD_OFFSET``/``RADIO_ADD_OFFSET`` of processing baseline 04.00 on (-1000 since
+25 January 2022): the readers add it, so DN mean the same before and after that date.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import datetime as _dt
 import re
 from pathlib import Path
 
-from skysense.bands import S2_RESOLUTION_M
+from skysense.bands import S2_ALL_BANDS, S2_RESOLUTION_M, s2_band_name
 
 RES_DIRS = ("R10m", "R20m", "R60m")
 _MTD_TAGS = ("PRODUCT_START_TIME", "DATATAKE_SENSING_START", "SENSING_TIME")
@@ -68,7 +71,7 @@ def pick_native(band: str, candidates: list[tuple[int | None, Path]]) -> Path:
     return by_res[min(by_res, key=lambda r: r if r is not None else 0)]
 
 
-def _safe_root(folder: Path) -> Path | None:
+def safe_root(folder: Path) -> Path | None:
     """The product folder (holding ``MTD_MSIL*.xml`` or named ``*.SAFE``) at or above ``folder``."""
     for d in (folder, *folder.parents):
         if d.name.upper().endswith(".SAFE") or any(d.glob("MTD_MSIL*.xml")):
@@ -79,7 +82,7 @@ def _safe_root(folder: Path) -> Path | None:
 def s2_product_date(folder: str | Path) -> _dt.date | None:
     """Sensing date of the SAFE product holding ``folder``: ``MTD_MSIL*.xml`` (PRODUCT_START_TIME), else
     the product name (``S2B_MSIL1C_20210302T...``); None outside a SAFE product."""
-    root = _safe_root(Path(folder).resolve())
+    root = safe_root(Path(folder).resolve())
     if root is None:
         return None
     for mtd in sorted(root.glob("MTD_MSIL*.xml")):
@@ -91,3 +94,15 @@ def s2_product_date(folder: str | Path) -> _dt.date | None:
                 return _dt.date(int(d.group(1)), int(d.group(2)), int(d.group(3)))
     m = _NAME_DATE.search(root.name)
     return _dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def s2_add_offsets(folder: str | Path) -> dict[str, float]:
+    """``{band: offset}`` from the ``MTD_MSIL*.xml`` of the SAFE product holding ``folder`` (reflectance
+    = (DN + offset) / 10000); empty for products before baseline 04.00 or outside a SAFE product."""
+    root = safe_root(Path(folder).resolve())
+    for mtd in sorted(root.glob("MTD_MSIL*.xml")) if root is not None else []:
+        text = mtd.read_text(errors="replace")
+        ids = dict(re.findall(r'<Spectral_Information bandId="(\d+)" physicalBand="(\w+)"', text))
+        offsets = re.findall(r'<(?:BOA|RADIO)_ADD_OFFSET band_id="(\d+)">\s*(-?[\d.]+)\s*<', text)
+        return {s2_band_name(ids.get(i, S2_ALL_BANDS[int(i)])): float(v) for i, v in offsets}
+    return {}

@@ -19,10 +19,12 @@ SIDE_M = 120.0  # 12 px at 10 m, 6 at 20 m, 2 at 60 m
 ORIGIN = (600000.0, 5000000.0)
 
 
-def _write_band(path: Path, value: int, res: int) -> Path:
+def _write_band(path: Path, value: int, res: int, zero_row: int | None = None) -> Path:
     n = int(SIDE_M / res)
     data = np.full((1, n, n), value, dtype=np.uint16)
     data[0, 0, 0] = value + 1  # not constant, so a resampled copy would differ
+    if zero_row is not None:
+        data[0, zero_row] = 0  # outside the swath: the products' NODATA value
     if path.suffix == ".jp2":
         with rasterio.open(
             path, "w", driver="JP2OpenJPEG", width=n, height=n, count=1, dtype="uint16",
@@ -56,7 +58,14 @@ def make_l2a(root: Path) -> Path:
     (safe / "MTD_MSIL2A.xml").write_text(
         "<?xml version='1.0'?><n1:Level-2A_User_Product><General_Info><Product_Info>"
         "<PRODUCT_START_TIME>2021-03-04T10:10:21.024Z</PRODUCT_START_TIME>"
-        "</Product_Info></General_Info></n1:Level-2A_User_Product>"
+        "</Product_Info></General_Info><Product_Image_Characteristics><BOA_ADD_OFFSET_VALUES_LIST>"
+        + "".join(f'<BOA_ADD_OFFSET band_id="{i}">-1000</BOA_ADD_OFFSET>' for i in range(13))
+        + "</BOA_ADD_OFFSET_VALUES_LIST><Spectral_Information_List>"
+        + "".join(
+            f'<Spectral_Information bandId="{i}" physicalBand="{b}"></Spectral_Information>'
+            for i, b in enumerate(S2_RESOLUTION_M)
+        )
+        + "</Spectral_Information_List></Product_Image_Characteristics></n1:Level-2A_User_Product>"
     )
     return safe
 
@@ -83,10 +92,11 @@ def test_l2a_safe_takes_each_band_at_its_native_resolution(tmp_path) -> None:
     assert r.data.shape == (10, 12, 12)
     for i, band in enumerate(S2_BANDS):
         scale = S2_RESOLUTION_M[band] // 10
-        want = np.full((12, 12), _value(band), dtype=np.float32)
+        want = np.full((12, 12), _value(band) - 1000, dtype=np.float32)  # BOA_ADD_OFFSET added
         want[:scale, :scale] += 1  # the top-left source pixel, replicated
         np.testing.assert_array_equal(r.data[i], want, err_msg=band)
     assert r.meta["date"] == "2021-03-04"  # MTD_MSIL2A.xml wins over the name's 20210302
+    assert r.meta["add_offset"]["B8A"] == -1000.0 and not r.invalid.any()
     # the granule and IMG_DATA folders read the same
     granule = next((safe / "GRANULE").iterdir())
     for folder in (granule, granule / "IMG_DATA"):
@@ -95,9 +105,13 @@ def test_l2a_safe_takes_each_band_at_its_native_resolution(tmp_path) -> None:
 
 def test_l1c_safe_jp2_and_date_from_the_product_name(tmp_path) -> None:
     safe = make_l1c(tmp_path)
+    b3 = next((safe / "GRANULE").glob("*/IMG_DATA/*_B03.jp2"))
+    b3.unlink()
+    _write_band(b3, _value("B3"), 10, zero_row=11)
     r = read_s2_bandset(safe, resampling="nearest")
     assert r.data.shape == (10, 12, 12)
     assert r.data[0, 5, 5] == _value("B2") and r.data[S2_BANDS.index("B12"), 5, 5] == _value("B12")
+    assert r.invalid[11].all() and not r.invalid[:11].any() and "add_offset" not in r.meta
     assert all(p.endswith(".jp2") for p in r.meta["path"])
     assert r.meta["date"] == "2019-08-17"
     assert str(s2_product_date(next((safe / "GRANULE").iterdir()) / "IMG_DATA")) == "2019-08-17"
