@@ -64,7 +64,9 @@ class MetricsLog:
         path = self.path.with_name("validation.csv")
         rows = read_metrics(path, step - 1) if path.exists() else []  # a resumed run redoes later ones
         write_metrics(path, ["step", *scores], [*rows, {"step": step, **scores}])
-        self.bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        self.bar.write(
+            f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items() if "/" not in k)
+        )
         if self.tb is not None:
             for k, v in scores.items():
                 self.tb.add_scalar(f"val/{k}", v, step)

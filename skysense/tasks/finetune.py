@@ -62,6 +62,7 @@ class FinetuneConfig(EngineConfig):
     mode: str = "full"  # frozen | partial | full
     frozen_blocks: int = 0  # partial: blocks frozen in every encoder (its patch embedding too)
     layer_decay: float = 0.9
+    class_names: tuple[str, ...] = ()  # your own segmentation/change folders: the name of each label value
     class_weights: tuple[float, ...] = ()  # cross-entropy weights per class (empty = equal)
     eval_batch_size: int = 16
     out_dir: str = "runs/finetune"
@@ -159,10 +160,11 @@ def build_encoder(cfg: FinetuneConfig) -> tuple[SkySense, dict[str, Any]]:
         return SkySense(encoder_config(cfg)), {}
     from skysense.pretrained import load_pretrained
 
-    model, meta, report = load_pretrained(cfg.weights, check_inputs=False, allow_missing=("geo",))
     if cfg.model:
         raise ValueError("model overrides apply to random init only: the weights fix the encoder config")
-    return model.train(), {"contract": meta.contract.to_dict() if hasattr(meta.contract, "to_dict") else {}}
+    model, meta, _ = load_pretrained(cfg.weights, check_inputs=False, allow_missing=("geo",))
+    contract = {m: dataclasses.asdict(spec) for m, spec in meta.modalities.items()}
+    return model.train(), {"weights": cfg.weights, "contract": contract, "check": meta.contract.check_sample}
 
 
 # ----------------------------------------------------------------------------- losses
@@ -224,6 +226,11 @@ class FinetuneTask:
     def __init__(self, cfg: FinetuneConfig, data: TaskData | None = None) -> None:
         self.cfg = cfg
         self.data = data if data is not None else build_task_data(cfg.data)
+        name_classes(self.data, cfg)
+        if cfg.class_weights and len(cfg.class_weights) != len(self.data.classes):
+            raise ValueError(
+                f"class_weights has {len(cfg.class_weights)} values for {len(self.data.classes)} classes"
+            )
         if self.data.kind != cfg.task:
             raise ValueError(
                 f"data.dataset {cfg.data.dataset!r} is a {self.data.kind} set; the config says "
@@ -236,8 +243,14 @@ class FinetuneTask:
         if ranks.fsdp:
             raise ValueError("fine-tuning runs under strategy=ddp (FSDP is not wired for task models yet)")
         cfg = self.cfg
-        encoder, self.contract = build_encoder(cfg)
+        encoder, contract = build_encoder(cfg)
         check_data(self.data, encoder, cfg)
+        if "check" in contract:  # the weights' input contract (bands, normalised values) against the data
+            batch = collate(self.data.splits["train"][:2])
+            contract.pop("check")(
+                {k: v for k, v in batch.items() if k in ("hr", "s2", "s1", "s2_dates", "s1_dates")}
+            )
+        self.contract = contract
         torch.manual_seed(cfg.seed)
         self.model = TaskModel(encoder, cfg.task, cfg.input, len(self.data.classes), cfg.head).to(
             ranks.device
@@ -287,6 +300,23 @@ class FinetuneTask:
             "counts": self.data.counts(),
             **self.contract,
         }
+
+
+def name_classes(data: TaskData, cfg: FinetuneConfig) -> None:
+    """In place: the class names of ``data`` from the config where the folder names none (a clear error
+    where neither does, or where their counts differ)."""
+    if cfg.class_names:
+        if data.classes and len(data.classes) != len(cfg.class_names):
+            raise ValueError(
+                f"class_names has {len(cfg.class_names)} names, data.dataset {cfg.data.dataset!r} has "
+                f"{len(data.classes)} classes {data.classes}: drop class_names or match it"
+            )
+        data.classes = list(cfg.class_names)
+    if not data.classes:
+        raise ValueError(
+            f"no class names for {cfg.data.root or cfg.data.dataset}: the folder does not name its "
+            "classes; set class_names: [name of label 0, name of label 1, ...] in the config"
+        )
 
 
 def check_data(data: TaskData, encoder: SkySense, cfg: FinetuneConfig) -> None:
@@ -351,5 +381,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False)
         cfg = dataclasses.replace(cfg, monitor=HEADLINE[cfg.task])
     task = FinetuneTask(cfg)
     result = fit(task, cfg, resume=resume, overwrite=overwrite)
-    best = json.loads((Path(cfg.out_dir) / "best.json").read_text())
+    path = Path(cfg.out_dir) / "best.json"  # absent while no validation has run (stop_after)
+    best = json.loads(path.read_text()) if path.exists() else None
     return {**result, "best": best, "counts": task.data.counts()}

@@ -1,0 +1,184 @@
+"""Fine-tuning and evaluation end to end through the CLI, on small real data and on a folder of your own."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skysense.cli import main
+from skysense.config import from_dict
+from skysense.data.root import data_root
+from skysense.engine.distributed import Ranks
+from skysense.engine.state import load_checkpoint
+from skysense.tasks.finetune import FinetuneConfig, FinetuneTask, TaskModel, finetune
+
+REPO = Path(__file__).resolve().parents[2]
+QUICK = ["steps=2", "eval_every=0", "batch_size=4", "progress=false", "head.channels=16"]
+
+
+def needs(*parts):
+    path = data_root().joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} missing (set SKYSENSE_DATA)")
+    return path
+
+
+def run(tmp_path, config, *overrides):
+    out = tmp_path / Path(config).stem
+    args = [
+        "finetune",
+        "--config",
+        str(REPO / "configs/finetune" / config),
+        f"out_dir={out}",
+        *QUICK,
+        *overrides,
+    ]
+    assert main(args) == 0
+    return out
+
+
+def user_segmentation_folder(root: Path, n: int = 2, size: int = 64) -> Path:
+    """img_dir/ann_dir with n RGB tiles whose class is the brightness: dark = 0, bright = 1, 255 = ignore."""
+    rng = np.random.default_rng(0)
+    for d in ("img_dir", "ann_dir"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        ann = np.zeros((size, size), np.uint8)
+        ann[:, size // 2 :] = 1
+        ann[:4] = 255
+        img = (ann[..., None].clip(0, 1) * 150 + 50 + rng.integers(0, 30, (size, size, 3))).astype(np.uint8)
+        Image.fromarray(img).save(root / "img_dir" / f"tile{i}.png")
+        Image.fromarray(ann).save(root / "ann_dir" / f"tile{i}.png")
+    return root
+
+
+def test_finetune_and_evaluate_your_own_segmentation_folder(tmp_path, capsys):
+    root = user_segmentation_folder(tmp_path / "mydata")
+    out = tmp_path / "run"
+    args = ["finetune", "--config", str(REPO / "configs/finetune/potsdam_tiny.yaml"), f"out_dir={out}"]
+    args += [f"data.root={root}", "data.dataset=segmentation", "data.size=16", *QUICK, "head.aux=false"]
+    assert main(args) == 2  # a clear error, no traceback
+    assert "no class names" in capsys.readouterr().err
+    assert main([*args, "class_names=[dark, bright]"]) == 0
+    assert {"last.ckpt", "best.ckpt", "best.json", "metrics.csv", "validation.csv"} <= {
+        p.name for p in out.iterdir()
+    }
+    ck = load_checkpoint(out / "best.ckpt")
+    assert ck["meta"]["task"] == "segmentation" and ck["meta"]["classes"] == ["dark", "bright"]
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["split"] == "test" and record["samples"] == 8 and 0 <= record["scores"]["miou"] <= 1
+    for png in ("confusion_test.png", "predictions_test.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config, data, extra",
+    [
+        ("potsdam_tiny.yaml", "seg_samples/potsdam", []),
+        ("levir_cd_tiny.yaml", "levir_cd", []),
+        ("sen1floods11_tiny.yaml", "sen1floods11", []),
+        ("slovenia_tiny.yaml", "eolearn_slovenia", ["data.num_dates={s2: 6}"]),
+        ("sits_tiny.yaml", "sits", []),
+        ("bigearthnet_tiny.yaml", "bigearthnet_mm", ["batch_size=3"]),
+        ("aid_tiny.yaml", "aid", ["data.size=32", "mode=frozen"]),
+    ],
+)
+def test_every_task_family_finetunes_and_evaluates(tmp_path, config, data, extra):
+    needs(data)
+    out = run(tmp_path, config, *extra)
+    best = json.loads((out / "best.json").read_text())
+    assert best["step"] == 2 and np.isfinite(best["value"])
+    assert main(["evaluate", "--checkpoint", str(out / "best.ckpt"), "--split", "val"]) == 0
+    assert (out / "predictions_val.png").exists()
+
+
+def _tiny_cfg(tmp_path, **kw):
+    root = user_segmentation_folder(tmp_path / "mydata", n=2, size=32)
+    d = {
+        "task": "segmentation",
+        "class_names": ["dark", "bright"],
+        "steps": 4,
+        "batch_size": 2,
+        "bf16": False,
+        "progress": False,
+        "ckpt_every": 2,
+        "out_dir": str(tmp_path / "run"),
+        "head": {"channels": 8},
+        "data": {"dataset": "segmentation", "root": str(root), "size": 16},
+    }
+    return from_dict(FinetuneConfig, d | kw)
+
+
+def test_a_killed_finetune_resumes_exactly(tmp_path):
+    full = finetune(_tiny_cfg(tmp_path, out_dir=str(tmp_path / "full")))
+    part = finetune(_tiny_cfg(tmp_path, out_dir=str(tmp_path / "cut"), stop_after=2))
+    rest = finetune(_tiny_cfg(tmp_path, out_dir=str(tmp_path / "cut")), resume=True)
+    assert part["losses"] + rest["losses"] == full["losses"]  # bit for bit
+
+
+CPU = Ranks(0, 1, torch.device("cpu"), False)
+
+
+def test_frozen_mode_trains_the_head_only_and_layer_decay_reaches_the_optimiser(tmp_path):
+    task = FinetuneTask(_tiny_cfg(tmp_path, mode="frozen"))
+    task.setup(CPU, fresh=True)
+    assert not any(p.requires_grad for p in task.model.encoder.parameters())
+    assert all(g["lr_scale"] == 1.0 for g in task.param_groups())  # the head alone, at full lr
+    task = FinetuneTask(_tiny_cfg(tmp_path, mode="full", layer_decay=0.5))
+    task.setup(CPU, fresh=True)
+    scales = sorted({g["lr_scale"] for g in task.param_groups()})
+    assert scales[0] == pytest.approx(0.5**8) and scales[-1] == 1.0  # tiny: 6 layers + fusion + head
+
+
+def test_change_model_shares_one_encoder(tmp_path):
+    from skysense.models.skysense import build_model
+    from skysense.tasks.finetune import TaskHeadConfig
+
+    model = TaskModel(build_model("tiny"), "change", "hr", 2, TaskHeadConfig(channels=8)).eval()
+    a, b = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    out = model({"hr_pre": a, "hr_post": b})["logits"]
+    assert out.shape == (1, 1, 32, 32)
+    torch.testing.assert_close(model({"hr_pre": b, "hr_post": a})["logits"], out)  # symmetric
+    assert sum(1 for n, _ in model.named_parameters() if n.startswith("encoder.")) == len(
+        list(build_model("tiny").parameters())
+    )  # one encoder's parameters, not two
+
+
+def test_bad_inputs_get_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown FinetuneConfig key 'stepz'"):
+        from_dict(FinetuneConfig, {"stepz": 3})
+    with pytest.raises(ValueError, match="task=.detection.: use one of"):
+        from_dict(FinetuneConfig, {"task": "detection"})
+    with pytest.raises(ValueError, match="is a segmentation set; the config says task: classification"):
+        FinetuneTask(_tiny_cfg(tmp_path, task="classification"))
+    with pytest.raises(ValueError, match=r"label values \[2\] outside the 2 classes"):
+        bad = _tiny_cfg(tmp_path)
+        ann = Path(bad.data.root) / "ann_dir" / "tile0.png"
+        a = np.array(Image.open(ann))
+        a[10, 10] = 2
+        Image.fromarray(a).save(ann)
+        FinetuneTask(bad).setup(CPU, True)
+    with pytest.raises(ValueError, match="hr: 3 bands in the data, the encoder takes 4"):
+        cfg = _tiny_cfg(tmp_path / "b", model={"hr": {"in_chans": 4}})
+        FinetuneTask(cfg).setup(CPU, True)
+    cfg = _tiny_cfg(tmp_path / "c", steps=1)
+    finetune(cfg)
+    other = user_segmentation_folder(tmp_path / "three", n=2, size=32)
+    with pytest.raises(ValueError, match="class_names has 3 names"):
+        FinetuneTask(_tiny_cfg(tmp_path / "d", class_names=["a", "b", "c"], data={"dataset": "potsdam"}))
+    assert (
+        main(["evaluate", "--checkpoint", str(tmp_path / "c" / "run" / "best.ckpt"), "--data", str(other)])
+        == 0
+    )
+    torch.save({"student": {}, "config": {}}, tmp_path / "pretrain.ckpt")  # a pre-training checkpoint
+    with pytest.raises(ValueError, match="not a fine-tuning checkpoint"):
+        from skysense.tasks.evaluate import evaluate
+
+        evaluate(tmp_path / "pretrain.ckpt")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "pretrain.ckpt")]) == 2
