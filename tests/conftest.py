@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 
@@ -15,8 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _torch_defaults() -> None:
+    # One intra-op thread: the tests' ops are small, and a second thread on a busy 2-core machine (or beside
+    # another xdist worker) spins and waits far more than it computes.
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)
 
 
 def randomise(model: torch.nn.Module) -> None:
