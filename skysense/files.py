@@ -127,3 +127,15 @@ def _damaged(path: Path, e: BaseException) -> DamagedCheckpointError:
         f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_cause(e)}). The file is "
         "truncated, was overwritten, or is another format: restore a copy, or re-create it"
     )
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """``obj`` as indented JSON through :func:`atomic_write`."""
+    import json
+
+    text = json.dumps(obj, indent=1)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    return atomic_write(path, write)

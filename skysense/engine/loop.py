@@ -39,7 +39,7 @@ from skysense.engine.distributed import (
 from skysense.engine.metrics import MetricsLog
 from skysense.engine.schedules import cosine, warmup_cosine
 from skysense.engine.state import CKPT, restore, write_checkpoint
-from skysense.files import atomic_write
+from skysense.files import write_json
 
 
 @dataclass
@@ -159,7 +159,7 @@ def _validate(
         )
         if ranks.main:
             record = {"metric": metric, "value": value, "step": step, "scores": scores}
-            atomic_write(best_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+            write_json(best_path, record)
 
 
 def _start(cfg: EngineConfig) -> Ranks:

@@ -148,7 +148,8 @@ def _sen1floods11(cfg: TaskDataConfig) -> TaskData:
 
     mods = tuple(m for m in ("s2", "s1") if m in cfg.modalities)
     ds = Sen1Floods11(_root(cfg, "sen1floods11"), modalities=mods)
-    norm, splits = Normalize(), {s: [] for s in SPLITS}  # type: dict[str, list[dict[str, Any]]]
+    norm = Normalize()
+    splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for i in range(len(ds)):
         sample = _keep(norm(ds[i]))
         for split in SPLITS:

@@ -4,7 +4,6 @@ prediction overlays as PNGs a person can look at (paper Sec. 4 metrics)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import torch
 
 from skysense.config import SkySenseConfig, from_dict
 from skysense.engine.state import load_checkpoint
-from skysense.files import atomic_write
+from skysense.files import write_json
 from skysense.models.skysense import SkySense
 from skysense.tasks.data import SPLITS, TaskData, build_task_data
 from skysense.tasks.finetune import FinetuneConfig, TaskHeadConfig, TaskModel, evaluate_split, name_classes
@@ -70,7 +69,7 @@ def evaluate(
         "samples": len(data.splits[split]),
         "scores": scores,
     }
-    atomic_write(out / f"scores_{split}.json", lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+    write_json(out / f"scores_{split}.json", record)
     if meta["task"] in ("classification", "segmentation"):
         from skysense.linear_probe import plot_confusion
 
@@ -145,7 +144,7 @@ def _picture(sample: dict[str, Any]) -> np.ndarray:
         from skysense.bands import NORM_STATS
 
         st = NORM_STATS["hr"]  # undo the normalisation: the true colours
-        x = sample.get("hr", sample.get("hr_pre"))[:3].float()
+        x = (sample["hr"] if "hr" in sample else sample["hr_pre"])[:3].float()
         x = x * torch.tensor(st.std[:3]).view(3, 1, 1) + torch.tensor(st.mean[:3]).view(3, 1, 1)
         return (x.permute(1, 2, 0).numpy() / 255.0).clip(0, 1)
     if "s2" in sample and sample["s2"].shape[1] >= 3:

@@ -20,6 +20,7 @@ names, the encoder config, the head config and the input contract under ``meta``
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,7 +165,11 @@ def build_encoder(cfg: FinetuneConfig) -> tuple[SkySense, dict[str, Any]]:
         raise ValueError("model overrides apply to random init only: the weights fix the encoder config")
     model, meta, _ = load_pretrained(cfg.weights, check_inputs=False, allow_missing=("geo",))
     contract = {m: dataclasses.asdict(spec) for m, spec in meta.modalities.items()}
-    return model.train(), {"weights": cfg.weights, "contract": contract, "check": meta.contract.check_sample}
+    return typing.cast(SkySense, model.train()), {
+        "weights": cfg.weights,
+        "contract": contract,
+        "check": meta.contract.check_sample,
+    }
 
 
 # ----------------------------------------------------------------------------- losses
@@ -339,7 +344,7 @@ def check_data(data: TaskData, encoder: SkySense, cfg: FinetuneConfig) -> None:
     k = len(data.classes)
     for split, samples in data.splits.items():
         for s in samples:
-            y = s.get("target", s.get("label"))
+            y = s["target"] if "target" in s else s["label"]
             if cfg.task in ("classification", "segmentation"):
                 bad = y[(y != IGNORE_INDEX) & ((y < 0) | (y >= k))]
                 if bad.numel():

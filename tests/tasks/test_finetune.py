@@ -182,3 +182,41 @@ def test_bad_inputs_get_clear_errors(tmp_path):
 
         evaluate(tmp_path / "pretrain.ckpt")
     assert main(["evaluate", "--checkpoint", str(tmp_path / "pretrain.ckpt")]) == 2
+
+
+FINETUNE_DDP = """
+import os, sys, json
+import torch
+import torch.distributed as dist
+torch.set_num_threads(1)
+from tests.tasks.test_finetune import _tiny_cfg
+from skysense.engine.state import load_checkpoint
+from skysense.tasks.finetune import finetune
+from pathlib import Path
+out = Path({out!r})
+run = out / "ddp" / "run"
+result = finetune(_tiny_cfg(out / "ddp", out_dir=str(run), batch_size=4))
+if dist.get_rank() == 0:
+    json.dump(result["losses"], open(out / "losses.json", "w"))
+dist.barrier()
+dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_finetune_runs_under_torchrun(tmp_path):
+    """Two gloo ranks, each half of every global batch (its own flips, BatchNorm on its half): the run
+    finishes, writes one checkpoint whose model resumes in a single process, and learns."""
+    from tests.pretrain.test_trainer import _torchrun
+
+    _torchrun(FINETUNE_DDP, tmp_path)
+    losses = json.loads((tmp_path / "losses.json").read_text())
+    assert len(losses) == 4 and np.isfinite(losses).all()
+    run = tmp_path / "ddp" / "run"
+    ck = load_checkpoint(run / "last.ckpt")
+    assert ck["step"] == 4 and ck["data"]["world"] == 2 and len(ck["rng"]) == 2
+    more = finetune(_tiny_cfg(tmp_path / "ddp", out_dir=str(run), batch_size=4, steps=5), resume=True)
+    assert len(more["losses"]) == 1  # the 2-rank checkpoint goes on in one process
