@@ -292,6 +292,7 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
 
+@pytest.mark.slow
 def test_checkpoint_and_convert_do_not_import_each_other():
     code = (
         "import sys, skysense.checkpoint\n"

@@ -301,6 +301,7 @@ def official_keys_file() -> Path | None:
     return None
 
 
+@pytest.mark.data
 @pytest.mark.skipif(official_keys_file() is None, reason="official_keys.txt not available")
 def test_every_official_huge_key_is_mapped_or_ignored_on_the_meta_device():
     prefixes = {"hr_swinv2": "backbone_gep.", "s2_vit": "backbone_s2.", "s1_vit": "backbone_s1.",

@@ -44,6 +44,7 @@ def test_hr_features_are_the_pooled_last_stage():
     assert np.abs(bf16 - got).max() < 0.1 * np.abs(got).max()  # bf16 is an approximation, not noise
 
 
+@pytest.mark.slow
 def test_probe_separates_separable_classes_and_counts_right():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 8)) * 5

@@ -87,6 +87,7 @@ def test_dense_weights_ramp_in_linearly():
     assert dense_ramp_at(0, cfg) == 1.0 and loss_at(0, cfg).weights == {"pix": 0.5, "img": 2.0}
 
 
+@pytest.mark.slow
 def test_dense_ramp_weighs_the_logged_terms(tmp_path):
     """The total is sum_g ramp_g * L_g of the logged terms: step 1 image level only, step 2 half dense."""
     import csv
@@ -165,6 +166,7 @@ def initial_checkpoint(out: Path, **kw) -> dict:
     return load_checkpoint(out / "last.ckpt")
 
 
+@pytest.mark.slow
 def test_init_seed_sets_the_weights_alone(tmp_path):
     def weights(name, **kw):
         return initial_checkpoint(tmp_path / name, **kw)["student"]
@@ -175,6 +177,7 @@ def test_init_seed_sets_the_weights_alone(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)  # ... not those of the run's own seed
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path):
     src = initial_checkpoint(tmp_path / "src", seed=0)
     new = initial_checkpoint(tmp_path / "new", seed=2, init_from=str(tmp_path / "src" / "last.ckpt"))
@@ -192,6 +195,7 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path):
         train(tiny_cfg(tmp_path / "none", steps=1, init_from=str(tmp_path / "missing.ckpt")))
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact_and_outputs(tmp_path):
     full = train(tiny_cfg(tmp_path / "full"))
     part = train(tiny_cfg(tmp_path / "cut", stop_after=2))
@@ -219,6 +223,7 @@ def test_resume_is_bit_exact_and_outputs(tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_resume_of_a_position_keyed_optimiser_state_is_exact(tmp_path):
     """Older checkpoints keyed AdamW's state by position (``opt.state_dict()``); they still resume
     exactly without FSDP. Built here from a name-keyed one, in the trainer's group order."""
@@ -243,6 +248,7 @@ def test_resume_of_a_position_keyed_optimiser_state_is_exact(tmp_path):
     assert part["losses"] + rest["losses"] == full["losses"]  # bit for bit
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_another_config_or_a_damaged_one(tmp_path):
     train(tiny_cfg(tmp_path / "run", steps=2))
     other = tiny_cfg(tmp_path / "run", pretrain=PretrainConfig(heads=HeadConfig(32, 16, 16)))
@@ -260,6 +266,7 @@ def test_resume_refuses_a_checkpoint_of_another_config_or_a_damaged_one(tmp_path
         train(tiny_cfg(tmp_path / "run"), resume=True)
 
 
+@pytest.mark.slow
 def test_a_non_finite_step_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     step = trainer.pretrain_step
     calls = []
@@ -351,6 +358,7 @@ def test_config_values_that_mean_a_whole_number_are_taken():
     assert all(type(v) is int for v in (cfg.steps, cfg.warmup_steps, cfg.data.tile))
 
 
+@pytest.mark.data
 def test_real_sen1floods11_tiles():
     root = data_root(DataConfig())
     if not (root / "sen1floods11").exists():
@@ -365,6 +373,8 @@ def test_real_sen1floods11_tiles():
         build_dataset(DataConfig(sources=("sen1floods11",), modalities=("s2", "s1"), tile=1024))
 
 
+@pytest.mark.data
+@pytest.mark.slow
 def test_real_slovenia_series_trains_fusion_and_geo_context(tmp_path):
     """The 68-date NDVI series (1-band s2, real dates and location): no NaN, the fusion and geo-context
     modules get gradients, GCPL moves the prototypes of the patch's region and only those."""
@@ -400,6 +410,8 @@ def test_real_slovenia_series_trains_fusion_and_geo_context(tmp_path):
     assert moved.nonzero().flatten().tolist() == [region]
 
 
+@pytest.mark.data
+@pytest.mark.slow
 def test_aid_source_is_hr_only(tmp_path):
     with pytest.raises(ValueError, match="hr only"):
         build_dataset(DataConfig(sources=("aid",), modalities=("s2",)))
@@ -480,12 +492,17 @@ def _torchrun(script_text: str, tmp_path: Path, timeout: int = 480, **fields: st
     except subprocess.TimeoutExpired:
         _kill_all(proc, tmp_path)
         pytest.fail(f"2-rank run did not finish in {timeout} s (its launcher and ranks were killed)")
+    except BaseException:  # pytest-timeout, Ctrl-C: no rank outlives the test either
+        _kill_all(proc, tmp_path)
+        raise
     if proc.returncode != 0:
         (tmp_path / "stderr.txt").write_text(err)
         first = [line for line in err.splitlines() if "Error" in line or "what():" in line][:6]
         pytest.fail("2-rank run failed; first errors:\n" + "\n".join(first) + "\n...\n" + err[-2000:])
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_torchrun_time_out_kills_every_rank(tmp_path):
     """A hung 2-rank run is killed whole: no rank outlives the test."""
     with pytest.raises(pytest.fail.Exception, match="did not finish in 20 s"):
@@ -498,6 +515,8 @@ def test_torchrun_time_out_kills_every_rank(tmp_path):
         assert not status.exists() or "\nState:\tZ" in status.read_text(), f"rank {pid} still runs"
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_ddp_two_ranks_gloo(tmp_path):
     _torchrun(DDP_SCRIPT, tmp_path)
     run = tmp_path / "run"
@@ -546,6 +565,8 @@ os._exit(0)
 """
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_fsdp2_two_ranks_matches_ddp_and_resumes_exactly(tmp_path, capsys):
     """FSDP2 (sharded student, teacher, AdamW states) does the same maths as DDP; kill + resume is exact;
     a DDP checkpoint resumes under FSDP and an FSDP one in a single process."""
@@ -629,6 +650,8 @@ os._exit(0)
 """
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_fsdp2_hr_only_without_gcpl_trains_like_ddp_and_resumes(tmp_path):
     """hr only at 64 px, GCPL off: the 2 x 2 stage-4 cells of one rank leave no object cluster heavy
     enough, the other rank's do. FSDP2 (eager, activation checkpointing) trains like DDP and resumes
@@ -655,6 +678,10 @@ def test_fsdp2_hr_only_without_gcpl_trains_like_ddp_and_resumes(tmp_path):
     assert got["fsdp_resumed"] == got["fsdp"]
 
 
+@pytest.mark.distributed
+@pytest.mark.compile
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.skipif(
     not os.environ.get("SKYSENSE_TEST_INDUCTOR"),
     reason="a cold inductor compile in two processes takes minutes on 2 cores: set SKYSENSE_TEST_INDUCTOR=1",
@@ -670,6 +697,7 @@ def test_fsdp2_compiled_trains_like_eager(tmp_path):
     assert got["fsdp_compiled"] == pytest.approx(got["fsdp"], rel=5e-4)
 
 
+@pytest.mark.slow
 def test_folder_source_pretrains_hr_s2_s1_from_geotiffs(tmp_path):
     """Your own geo-aligned rasters (root/{hr,s2,s1}/*.tif): all three modalities, fused, in one run."""
     import csv
@@ -691,6 +719,8 @@ def test_folder_source_pretrains_hr_s2_s1_from_geotiffs(tmp_path):
         build_dataset(DataConfig(sources=("folder",)))
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     """A real kill (SIGKILL of the CLI process between checkpoints), then ``--resume``: the loss
     trajectory in metrics.csv equals an uninterrupted run's, step for step."""
@@ -740,6 +770,8 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     assert [float(r["loss"]) for r in rows] == pytest.approx(full["losses"], rel=0, abs=0)
 
 
+@pytest.mark.compile
+@pytest.mark.slow
 def test_compiled_encoders_train_like_eager_ones(tmp_path):
     """``compile=default``: the same losses and teacher (keys and values) as eager, to float rounding."""
     kw = dict(
@@ -774,6 +806,7 @@ def test_model_overrides_merge_into_the_preset(tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+@pytest.mark.slow
 def test_data_modalities_must_be_the_models_encoders(tmp_path):
     """The model config says which encoders exist; data of other modalities is an error, not a silent drop."""
     with pytest.raises(ValueError, match=r"encoders \['hr', 's2', 's1'\] .* set model.hr: null"):
@@ -785,6 +818,7 @@ def test_data_modalities_must_be_the_models_encoders(tmp_path):
     assert trainer.model_config(TrainConfig()).modalities == ("hr", "s2", "s1")  # the defaults agree
 
 
+@pytest.mark.slow
 def test_a_run_refuses_a_folder_of_an_earlier_run_unless_told(tmp_path):
     first = train(tiny_cfg(tmp_path / "run", steps=1))
     before = (tmp_path / "run" / "metrics.csv").read_bytes()

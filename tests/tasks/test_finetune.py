@@ -55,6 +55,7 @@ def user_segmentation_folder(root: Path, n: int = 2, size: int = 64) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_finetune_and_evaluate_your_own_segmentation_folder(tmp_path, capsys):
     root = user_segmentation_folder(tmp_path / "mydata")
     out = tmp_path / "run"
@@ -115,6 +116,7 @@ def _tiny_cfg(tmp_path, **kw):
     return from_dict(FinetuneConfig, d | kw)
 
 
+@pytest.mark.slow
 def test_a_killed_finetune_resumes_exactly(tmp_path):
     full = finetune(_tiny_cfg(tmp_path, out_dir=str(tmp_path / "full")))
     part = finetune(_tiny_cfg(tmp_path, out_dir=str(tmp_path / "cut"), stop_after=2))
@@ -125,6 +127,7 @@ def test_a_killed_finetune_resumes_exactly(tmp_path):
 CPU = Ranks(0, 1, torch.device("cpu"), False)
 
 
+@pytest.mark.slow
 def test_frozen_mode_trains_the_head_only_and_layer_decay_reaches_the_optimiser(tmp_path):
     task = FinetuneTask(_tiny_cfg(tmp_path, mode="frozen"))
     task.setup(CPU, fresh=True)
@@ -150,6 +153,7 @@ def test_change_model_shares_one_encoder(tmp_path):
     )  # one encoder's parameters, not two
 
 
+@pytest.mark.slow
 def test_bad_inputs_get_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown FinetuneConfig key 'stepz'"):
         from_dict(FinetuneConfig, {"stepz": 3})
