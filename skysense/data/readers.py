@@ -272,9 +272,10 @@ def read_s2_bandset(
         raise ValueError(
             f"{where}: missing Sentinel-2 band(s) {', '.join(missing)} (found: {', '.join(sorted(by_name))})"
         )
-    in_safe = not isinstance(files, dict) and safe_root(Path(files).resolve()) is not None
+    folder = None if isinstance(files, dict) else Path(files)
+    in_safe = folder is not None and safe_root(folder.resolve()) is not None
     rasters = [read_raster(by_name[b], allow_empty=True, nodata=0.0 if in_safe else None) for b in want]
-    offsets = s2_add_offsets(files) if in_safe else {}
+    offsets = s2_add_offsets(folder) if folder is not None and in_safe else {}
     for b, r in zip(want, rasters):
         check_dn_dtype(r.meta["dtype"], r.meta["path"], "Sentinel-2 reflectance DN")
         r.data[:, ~r.invalid] += offsets.get(b, 0.0)  # baseline 04.00 on: DN of the earlier products
@@ -301,7 +302,7 @@ def read_s2_bandset(
         resampling=resampling,
         units="reflectance DN",
     )
-    when = s2_product_date(files) if in_safe else None
+    when = s2_product_date(folder) if folder is not None and in_safe else None
     if when is not None:  # a SAFE product: its sensing date
         meta["date"] = when.isoformat()
     if offsets:
