@@ -197,6 +197,60 @@ def local_image_losses(
     return losses
 
 
+def gcpl_step_(
+    student: Student, teacher: Student, t_out: list[dict[str, Any]], lc: LossConfig
+) -> dict[str, float]:
+    """GCPL (Eq. 8-9), in place: the student's prototypes of the regions in the batch move towards the
+    teacher's ``F_fus_mm`` of both views (projected by the teacher's geo query); returns its monitors."""
+    geo = student.backbone.geo
+    if not lc.gcpl or geo is None or teacher.backbone.geo is None:
+        return {}
+    query = teacher.backbone.geo.query
+    q = torch.cat([query(o["fused_mm"].flatten(2).transpose(1, 2)) for o in t_out], dim=1)  # (B, 2N, d)
+    region = t_out[0]["region"]
+    seen = region[region >= 0].unique()
+    before = geo.prototypes.data[seen].clone()
+    gcpl_update_(geo.prototypes.data, q, region, lc.gcpl_momentum, lc.sinkhorn_iters, lc.sinkhorn_eps)
+    shift = (geo.prototypes.data[seen] - before).norm() / before.norm().clamp_min(1e-12)
+    return {"gcpl_regions": float(seen.numel()), "gcpl_shift": float(shift)}
+
+
+def mgcl_terms(
+    student: Student,
+    teacher: Student,
+    centers: Centers,
+    views: tuple[View, View],
+    outs: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+    lc: LossConfig,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """MGCL (Eq. 5-7) of every stream across the two views: ``<granularity>/<stream>`` terms (unweighted)
+    and the teacher logits ``<stream>_<granularity>`` that move the centres. ``outs``: (student, teacher)."""
+    terms: dict[str, Tensor] = {}
+    new_logits: dict[str, Tensor] = {}
+    for stream in lc.streams:
+        slc = lc.for_stream(stream)
+        if not (slc.pix or slc.obj or slc.img):
+            continue
+        got = [stream_map(o, w.sample, stream) for o, w in zip(outs[0], views)]
+        got_t = [stream_map(o, w.sample, stream) for o, w in zip(outs[1], views)]
+        if got[0] is None or got[1] is None or got_t[0] is None or got_t[1] is None:
+            continue
+        (su, pu), (sv, pv) = got[0], got[1]
+        grid_u, grid_v = (su.shape[-2], su.shape[-1]), (sv.shape[-2], sv.shape[-1])
+        (iu, ku), (iv, kv) = (
+            correspondence(views[0].geom, views[1].geom, grid_u, grid_v),
+            correspondence(views[1].geom, views[0].geom, grid_v, grid_u),
+        )
+        corr = ((iu.to(su.device), ku.to(su.device)), (iv.to(su.device), kv.to(su.device)))
+        heads = (_heads(student, stream), _heads(teacher, stream))
+        found, logits = fgcl(
+            (su, sv), (got_t[0][0], got_t[1][0]), (pu, pv), corr, *heads, centers.get(stream), slc
+        )
+        terms.update({f"{g}/{stream}": value for g, value in found.items()})
+        new_logits.update({f"{stream}_{g}": x for g, x in logits.items()})
+    return terms, new_logits
+
+
 def pretrain_step(
     student: Student,
     teacher: Student,
@@ -213,51 +267,11 @@ def pretrain_step(
     views: tuple[View, View] = make_views(batch, cfg.views, gen)
     with torch.no_grad():
         t_out = [teacher(w.sample) for w in views]
-    geo = student.backbone.geo
-    gcpl_monitors: dict[str, float] = {}
-    if lc.gcpl and geo is not None and teacher.backbone.geo is not None:
-        query = teacher.backbone.geo.query
-        q = torch.cat([query(o["fused_mm"].flatten(2).transpose(1, 2)) for o in t_out], dim=1)  # (B, 2N, d)
-        region = t_out[0]["region"]
-        seen = region[region >= 0].unique()
-        before = geo.prototypes.data[seen].clone()
-        gcpl_update_(geo.prototypes.data, q, region, lc.gcpl_momentum, lc.sinkhorn_iters, lc.sinkhorn_eps)
-        shift = (geo.prototypes.data[seen] - before).norm() / before.norm().clamp_min(1e-12)
-        gcpl_monitors = {"gcpl_regions": float(seen.numel()), "gcpl_shift": float(shift)}
+    gcpl_monitors = gcpl_step_(student, teacher, t_out, lc)  # before the student forward (module doc)
     s_out = [student(w.sample) for w in views]
 
-    losses: dict[str, Tensor] = {}
-    new_logits: dict[str, Tensor] = {}
-    mgcl: list[Tensor] = []
-    for stream in lc.streams:
-        slc = lc.for_stream(stream)
-        if not (slc.pix or slc.obj or slc.img):
-            continue
-        got = [stream_map(o, w.sample, stream) for o, w in zip(s_out, views)]
-        got_t = [stream_map(o, w.sample, stream) for o, w in zip(t_out, views)]
-        if got[0] is None or got[1] is None or got_t[0] is None or got_t[1] is None:
-            continue
-        (su, pu), (sv, pv) = got[0], got[1]
-        grid_u, grid_v = (su.shape[-2], su.shape[-1]), (sv.shape[-2], sv.shape[-1])
-        (iu, ku), (iv, kv) = (
-            correspondence(views[0].geom, views[1].geom, grid_u, grid_v),
-            correspondence(views[1].geom, views[0].geom, grid_v, grid_u),
-        )
-        corr = ((iu.to(su.device), ku.to(su.device)), (iv.to(su.device), kv.to(su.device)))
-        terms, logits = fgcl(
-            (su, sv),
-            (got_t[0][0], got_t[1][0]),
-            (pu, pv),
-            corr,
-            _heads(student, stream),
-            _heads(teacher, stream),
-            centers.get(stream),
-            slc,
-        )
-        for g, value in terms.items():
-            losses[f"{g}/{stream}"] = value  # logged unweighted
-            mgcl.append(lc.weight(g) * value)
-        new_logits.update({f"{stream}_{g}": x for g, x in logits.items()})
+    losses, new_logits = mgcl_terms(student, teacher, centers, views, (s_out, t_out), lc)
+    mgcl = [lc.weight(k.split("/")[0]) * v for k, v in losses.items()]
     if cfg.views.local_crops and lc.img:
         for stream, value in local_image_losses(
             student, teacher, centers, t_out, views, batch, cfg, gen
