@@ -40,10 +40,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp = Path(name)
     try:
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # after writing: a writer may have made the file anew (safetensors)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -283,6 +283,14 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     os.umask(umask)
     assert path.read_text() == "old" and (path.stat().st_mode & 0o777) == 0o666 & ~umask
 
+    def anew(tmp):  # a writer that replaces the file, private, as safetensors' save_file does
+        tmp.unlink()
+        tmp.touch(mode=0o600)
+        tmp.write_text("new")
+
+    path = atomic_write(tmp_path / "g.bin", anew)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask
+
     def fail(tmp):
         tmp.write_text("half")
         raise OSError("disk full")
