@@ -288,8 +288,8 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         tmp.touch(mode=0o600)
         tmp.write_text("new")
 
-    path = atomic_write(tmp_path / "g.bin", anew)
-    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask
+    made = atomic_write(tmp_path / "g.bin", anew)
+    assert (made.stat().st_mode & 0o777) == 0o666 & ~umask
 
     def fail(tmp):
         tmp.write_text("half")
