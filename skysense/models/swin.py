@@ -39,11 +39,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from skysense.config import SwinConfig
+from skysense.models.layers import DropPath
 
 LOGIT_SCALE_MAX = math.log(100.0)  # mmcls: clamp(logit_scale, max=log(1 / 0.01))
 MASK_VALUE = -100.0  # mmcls: additive mask between regions of a shifted window
