@@ -22,13 +22,17 @@ size), other ``head*`` modules of the full checkpoint and mmseg/mmdet task heads
 encoder), and non-weight checkpoint entries (``meta``, ``optimizer``, ...). Any other key is an
 error that lists it.
 
-The config is read from the tensors' shapes: widths, depths, SwinV2 heads (``logit_scale``),
-position-bias MLP width, extra-norm interval (``norm3``), band counts, patch sizes, the ViT
-position grid, the alignment factor, the DTPE table. The window size is read from the recomputed
-buffers when a file carries them. What no shape reveals (ViT/fusion head counts, LayerNorm eps,
-cls-token use, the window without buffers) comes from ``preset`` (default: ``huge``'s values;
-ViT/fusion heads default to width / 64, the release's head width) and is listed in
-``report.assumed``. With ``preset``, every inferred value must equal the preset's.
+A key given by several sources must hold equal tensors (the official converter writes ``ctpe`` into
+the hr, s2 and s1 files): the copies are listed as ignored, different values are an error naming both
+files. NaN or inf values are refused.
+
+The config is read from the tensors' shapes (:mod:`skysense.convert_infer`); what no shape reveals
+(ViT/fusion head counts, LayerNorm eps, cls-token use, the window without buffers) comes from
+``preset`` or ``config`` (a model config for sizes no preset has) and is listed in
+``report.assumed``. Every value read from the weights must equal theirs; without either, the weights
+must match one of the presets, as an incomplete file would otherwise read as another architecture
+(a ViT without its last layer as a shallower ViT). A model tensor the sources lack is an error unless
+its whole part is absent (a file not given; the geo-context, which the release does not have).
 
 Semantics: the reference pipeline added DTPE to the ``s2`` tokens only, so converted configs set
 ``fusion.dtpe_modalities = ("s2",)`` and compute the official function. The release has no
@@ -39,7 +43,6 @@ reported as initialised (``load_pretrained`` then needs ``allow_missing=("geo",)
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,15 +53,8 @@ import torch
 from torch import Tensor
 
 from skysense.checkpoint import OFFICIAL_LICENSE, CheckpointMeta, LoadReport, default_meta
-from skysense.config import (
-    MODALITIES,
-    SERIES,
-    FusionConfig,
-    SkySenseConfig,
-    SwinConfig,
-    ViTConfig,
-    get_preset,
-)
+from skysense.config import SkySenseConfig, get_preset
+from skysense.convert_infer import check_head_counts, infer_config, match_preset, mismatches, part_of
 from skysense.files import safe_torch_load, sha256_file
 
 PARTS: tuple[str, ...] = ("hr", "s2", "s1", "head_s2", "head_s1", "fusion")
@@ -99,8 +95,8 @@ IGNORE_LOCAL = {
     "relative_coords_table": "fixed SwinV2 buffer, recomputed from the window size",
     "relative_position_index": "fixed SwinV2 buffer, recomputed from the window size",
 }
-UNKNOWN = "unknown: the width is no multiple of 64 (the release's head width)"
 SKIP_HEAD = "a head of the pre-training/downstream stack, not part of the released encoder"
+COPY = "an equal copy of a tensor loaded from another source (the release repeats ctpe per backbone)"
 SKIP_TASK = "a downstream task head (mmseg/mmdet), not part of the encoder"
 
 
@@ -238,14 +234,6 @@ def route(
     return out
 
 
-def _part_of(key: str) -> str:
-    """The official part an our-keyed tensor came from (for the report)."""
-    if key == "fusion.dtpe":
-        return "ctpe"
-    top, sub = key.split(".")[:2]
-    return sub if top == "encoders" else f"head_{sub}" if top == "align" else top
-
-
 def _split_source(src: str | Path) -> tuple[str | None, Path]:
     text = str(src)
     head, sep, tail = text.partition("=")
@@ -266,179 +254,6 @@ def _expand_dirs(sources: Sequence[str | Path]) -> list[str | Path]:
         else:
             out.append(s)
     return out
-
-
-# ---------------------------------------------------------------------------------- config inference
-def _shape(state: Mapping[str, Tensor], key: str) -> tuple[int, ...]:
-    if key not in state:
-        raise ValueError(
-            f"the source lacks {key} (official name: see spec Sec. 5), needed to read the config"
-        )
-    return tuple(int(s) for s in state[key].shape)
-
-
-def _count(state: Mapping[str, Tensor], pattern: str) -> int:
-    rx = re.compile(pattern)
-    idx = [int(m.group(1)) for k in state if (m := rx.match(k))]
-    return max(idx) + 1 if idx else 0
-
-
-def _heads(
-    width: int, base_width: int | None, base_heads: int | None, field_name: str, assumed: dict[str, str]
-) -> int:
-    if base_width == width and base_heads is not None:
-        assumed[field_name] = f"{base_heads} (the preset's value, huge without one; not in the weights)"
-        return base_heads
-    if width % 64:
-        assumed[field_name] = UNKNOWN  # an error unless a preset check reports the width first
-        return 1
-    assumed[field_name] = f"{width // 64} (width / 64, the release's head width; not in the weights)"
-    return width // 64
-
-
-def _infer_swin(
-    sd: Mapping[str, Tensor], base: SwinConfig, hints: Mapping[str, Tensor], assumed: dict[str, str]
-) -> SwinConfig:
-    p = "encoders.hr."
-    embed, chans, patch, _ = _shape(sd, p + "patch_embed.projection.weight")
-    n_stages = _count(sd, re.escape(p) + r"stages\.(\d+)\.")
-    depths = tuple(_count(sd, re.escape(p) + rf"stages\.{s}\.blocks\.(\d+)\.") for s in range(n_stages))
-    heads = tuple(_shape(sd, f"{p}stages.{s}.blocks.0.attn.w_msa.logit_scale")[0] for s in range(n_stages))
-    blk = f"{p}stages.0.blocks.0."
-    cpb = _shape(sd, blk + "attn.w_msa.cpb_mlp.0.weight")[0]
-    mlp = _shape(sd, blk + "ffn.layers.0.0.weight")[0] / embed
-    extra = sorted(
-        int(m.group(1))
-        for k in sd
-        if (m := re.match(re.escape(p) + r"stages\.\d+\.blocks\.(\d+)\.norm3\.weight$", k))
-    )
-    if extra:
-        every = extra[0] + 1
-    elif all(d < base.extra_norm_every for d in depths) or base.extra_norm_every == 0:
-        every = base.extra_norm_every
-    else:
-        every = 0
-    window = base.window_size
-    table = next((v for k, v in hints.items() if k.endswith("relative_coords_table")), None)
-    index = next((v for k, v in hints.items() if k.endswith("relative_position_index")), None)
-    if table is not None:
-        window = (int(table.shape[1]) + 1) // 2
-    elif index is not None:
-        window = round(int(index.shape[0]) ** 0.5)
-    else:
-        assumed["hr.window_size"] = f"{window} (the preset's; no relative_* buffers in the file)"
-    assumed["hr.norm_eps"] = f"{base.norm_eps} (official default)"
-    return dataclasses.replace(
-        base, in_chans=chans, embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
-        patch_size=patch, mlp_ratio=mlp, cpb_hidden=cpb, extra_norm_every=every,
-    )  # fmt: skip
-
-
-def _infer_vit(
-    sd: Mapping[str, Tensor], m: str, base: ViTConfig | None, assumed: dict[str, str]
-) -> ViTConfig:
-    p = f"encoders.{m}."
-    base = base if base is not None else ViTConfig(in_chans=10 if m == "s2" else 2)
-    width, chans, patch, _ = _shape(sd, p + "patch_embed.projection.weight")
-    tokens = _shape(sd, p + "pos_embed")[1] - 1
-    grid = round(tokens**0.5)
-    if grid * grid != tokens:
-        raise ValueError(f"{p}pos_embed has {tokens} grid tokens (+1 cls): not a square grid")
-    depth = _count(sd, re.escape(p) + r"layers\.(\d+)\.")
-    mlp = _shape(sd, f"{p}layers.0.ffn.layers.0.0.weight")[0] / width
-    heads = _heads(width, base.embed_dim, base.num_heads, f"{m}.num_heads", assumed)
-    outs = base.out_indices if depth - 1 in base.out_indices and max(base.out_indices) < depth else ()
-    if not outs:
-        outs = tuple(sorted({max(0, (i + 1) * depth // 4 - 1) for i in range(4)}))
-    assumed[f"{m}.out_indices"] = (
-        f"{outs} (layers exposed to dense heads: a usage choice, not in the weights)"
-    )
-    assumed[f"{m}.norm_eps"] = f"{base.norm_eps} (official default; SkySense++ configs use 1e-6)"
-    assumed[f"{m}.with_cls_token"] = f"{base.with_cls_token} (official; SkySense++ configs drop it)"
-    return dataclasses.replace(
-        base, in_chans=chans, img_size=grid * patch, patch_size=patch, embed_dim=width, depth=depth,
-        num_heads=heads, mlp_ratio=mlp, qkv_bias=f"{p}layers.0.attn.attn.in_proj_bias" in sd,
-        out_indices=outs,
-    )  # fmt: skip
-
-
-def _infer_fusion(
-    sd: Mapping[str, Tensor], base: FusionConfig, in_dim: int, assumed: dict[str, str]
-) -> FusionConfig:
-    cfg = dataclasses.replace(base, in_dim=in_dim, dtpe_modalities=("s2",), dtpe_calendar="doy")
-    if "fusion.dtpe" in sd:
-        days, dim = _shape(sd, "fusion.dtpe")[1:]
-        cfg = dataclasses.replace(cfg, use_dtpe=True, dtpe_days=days, in_dim=dim)
-    else:
-        cfg = dataclasses.replace(cfg, use_dtpe=False)
-    if "fusion.porj_linear.weight" not in sd:
-        return cfg
-    width, dim = _shape(sd, "fusion.porj_linear.weight")
-    depth = _count(sd, r"fusion\.layers\.(\d+)\.")
-    mlp = _shape(sd, "fusion.layers.0.ffn.layers.0.0.weight")[0] / width if depth else base.mlp_ratio
-    heads = _heads(width, base.embed_dim, base.num_heads, "fusion.num_heads", assumed)
-    return dataclasses.replace(cfg, in_dim=dim, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp)
-
-
-def infer_config(
-    state: Mapping[str, Tensor],
-    base: SkySenseConfig,
-    hints: Mapping[str, Tensor] | None = None,
-    assumed: dict[str, str] | None = None,
-    geo: bool = True,
-    check_heads: bool = True,
-) -> SkySenseConfig:
-    """The SkySense config of our-keyed ``state``; what the shapes do not fix comes from ``base``.
-
-    ``check_heads``: raise when a head count can be neither taken from ``base`` (same width) nor
-    derived as width / 64.
-    """
-    assumed = assumed if assumed is not None else {}
-    hints = hints or {}
-    has = {m: any(k.startswith(f"encoders.{m}.") for k in state) for m in MODALITIES}
-    if not any(has.values()):
-        raise ValueError("the sources hold no backbone (hr, s2 or s1): nothing to build an encoder from")
-    hr = _infer_swin(state, base.hr or SwinConfig(), hints, assumed) if has["hr"] else None
-    s2 = _infer_vit(state, "s2", base.s2, assumed) if has["s2"] else None
-    s1 = _infer_vit(state, "s1", base.s1, assumed) if has["s1"] else None
-    in_dim = hr.out_channels[-1] if hr is not None else base.fusion.in_dim
-    fusion = _infer_fusion(state, base.fusion, in_dim, assumed)
-    if not has["hr"]:  # the fused grid width then comes from the fusion or the alignment heads
-        for m in SERIES:
-            key = f"align.{m}.decoder.0.weight"
-            vit = s2 if m == "s2" else s1
-            if key in state and vit is not None and "fusion.porj_linear.weight" not in state:
-                fusion = dataclasses.replace(fusion, in_dim=_shape(state, key)[0] // vit.patch_size**2)
-    if check_heads:
-        _check_heads(assumed)
-    return dataclasses.replace(
-        base, hr=hr, s2=s2, s1=s1, fusion=fusion, geo=base.geo if geo else None, grad_checkpointing=False
-    )
-
-
-def _check_heads(assumed: Mapping[str, str]) -> None:
-    unknown = [k for k, v in assumed.items() if v == UNKNOWN]
-    if unknown:
-        raise ValueError(
-            f"{', '.join(unknown)}: the weights do not hold the number of attention heads and the width is "
-            "no multiple of 64 (the release's head width); pass preset=... (--preset) naming the architecture"
-        )
-
-
-def _check_preset(cfg: SkySenseConfig, preset: SkySenseConfig, name: str) -> None:
-    """Every value read from the weights must equal the preset's (hr may have gained bands)."""
-    skip = {"drop_path", "use_dtpe", "dtpe_modalities", "dtpe_calendar", "name"}
-    bad = []
-    for part in ("hr", "s2", "s1", "fusion"):
-        ours, theirs = getattr(cfg, part), getattr(preset, part)
-        if ours is None or theirs is None:
-            continue
-        for f in dataclasses.fields(ours):
-            a, b = getattr(ours, f.name), getattr(theirs, f.name)
-            if f.name not in skip and a != b and not (part == "hr" and f.name == "in_chans"):
-                bad.append(f"{part}.{f.name}: preset {b}, source {a}")
-    if bad:
-        raise ValueError(f"the sources do not match preset {name!r}: " + "; ".join(bad))
 
 
 # ---------------------------------------------------------------------------------- band expansion
@@ -464,10 +279,70 @@ def expand_hr_bands(state: dict[str, Tensor], n: int) -> dict[str, Tensor]:
 
 
 # ---------------------------------------------------------------------------------- conversion
+ModelConfig = SkySenseConfig | Mapping[str, Any] | str | Path
+
+
+def read_model_config(config: ModelConfig) -> SkySenseConfig:
+    """A model config from a :class:`SkySenseConfig`, a dict of its fields, or a YAML file of them."""
+    if isinstance(config, SkySenseConfig):
+        return SkySenseConfig.from_dict(config.to_dict())
+    if isinstance(config, (str, Path)):
+        from skysense.engine.config import read_yaml
+
+        where = str(config)
+        config = read_yaml(config)
+    else:
+        where = "config"
+    try:
+        return SkySenseConfig.from_dict(config)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: not a SkySense model config: {e}") from None
+
+
+def _merge(
+    merged: dict[str, tuple[Tensor, str]], routed: Mapping[str, tuple[Tensor, str]], report: LoadReport
+) -> None:
+    """Add one source's tensors; a key given again must hold an equal tensor (the official converter
+    writes ``ctpe`` into each backbone file): the copy is listed as ignored, a different one refused."""
+    for key, (value, src) in routed.items():
+        if key not in merged:
+            merged[key] = (value, src)
+            continue
+        first, first_src = merged[key]
+        if not _equal(first, value):
+            raise ValueError(
+                f"{key} is given twice with different values: {first_src} and {src}. The files come from "
+                "different models; pass the files of one release (or the full checkpoint alone)"
+            )
+        report.ignored[src] = COPY
+
+
+def _equal(a: Tensor, b: Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_meta or b.is_meta:  # no values to compare (key lists read on the meta device)
+        return a.is_meta and b.is_meta
+    return torch.equal(a, b)
+
+
+def _check_finite(state: Mapping[str, Tensor], report: LoadReport) -> None:
+    bad = [
+        report.loaded.get(k, k)
+        for k, v in state.items()
+        if v.is_floating_point() and not v.is_meta and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} source tensor(s) hold NaN or inf values: {bad[:10]}. The file is damaged or comes "
+            "from a diverged run; re-download it"
+        )
+
+
 def convert_state_dicts(
     sources: Sequence[tuple[str, Any]],
     *,
     preset: str | None = None,
+    config: ModelConfig | None = None,
     hr_bands: int | None = None,
     geo: bool = True,
     parts: Sequence[str | None] | None = None,
@@ -476,7 +351,11 @@ def convert_state_dicts(
     """Convert loaded official checkpoints ``[(file name, object), ...]`` (works on meta tensors too).
 
     ``parts`` optionally names each source's part; otherwise it comes from the file name and keys.
+    ``preset`` or ``config`` (a :class:`SkySenseConfig`, a dict of its fields or a YAML file) names the
+    architecture the weights must have; without either, they must match one of the presets.
     """
+    if preset is not None and config is not None:
+        raise ValueError("give a preset or a model config, not both")
     report = LoadReport(sources=[dict(i) for i in file_info] if file_info else [])
     hints: dict[str, Tensor] = {}
     merged: dict[str, tuple[Tensor, str]] = {}
@@ -484,23 +363,24 @@ def convert_state_dicts(
         where = Path(name).name
         named = parts[i] if parts is not None and parts[i] is not None else _file_part(name)
         routed = route(where, _unwrap(obj, where, report), named, report, hints)
-        for key, (value, src) in routed.items():
-            if key in merged:
-                raise ValueError(
-                    f"{key} is given twice: {merged[key][1]} and {src}; pass either the six released files "
-                    "or the full checkpoint, not both"
-                )
-            merged[key] = (value, src)
+        _merge(merged, routed, report)
         if i < len(report.sources):
-            report.sources[i]["parts"] = sorted({_part_of(k) for k in routed})
+            report.sources[i]["parts"] = sorted({part_of(k) for k in routed})
     state = {k: v for k, (v, _) in merged.items()}
     report.loaded = {k: src for k, (_, src) in merged.items()}
+    _check_finite(state, report)
 
-    base = get_preset(preset or "huge")
-    cfg = infer_config(state, base, hints, report.assumed, geo=geo, check_heads=preset is None)
-    if preset is not None:
-        _check_preset(cfg, base, preset)
-        _check_heads(report.assumed)
+    if preset is None and config is None:
+        preset, cfg = match_preset(state, hints, report.assumed, geo)
+    else:
+        base = get_preset(preset) if preset is not None else read_model_config(config)  # type: ignore[arg-type]
+        label = "preset" if preset is not None else "config"
+        cfg = infer_config(state, base, hints, report.assumed, geo=geo, check_heads=False)
+        bad = mismatches(cfg, base, label)
+        if bad:
+            what = f"preset {preset!r}" if preset is not None else f"the {label} ({config})"
+            raise ValueError(f"the sources do not match {what}: " + "; ".join(bad))
+        check_head_counts(report.assumed)
     if hr_bands is not None:
         if cfg.hr is None:
             raise ValueError("hr_bands was given but the sources hold no hr backbone")
@@ -519,7 +399,9 @@ def convert_state_dicts(
 
 
 def _check_shapes(cfg: SkySenseConfig, state: Mapping[str, Tensor], report: LoadReport) -> None:
-    """Every tensor has a place in the model built from ``cfg`` (on the meta device) and its shape."""
+    """Every tensor has a place in the model built from ``cfg`` (on the meta device) and its shape; a
+    model tensor the sources lack is refused unless its whole part is absent (a file not given, or the
+    geo-context the release does not have)."""
     from skysense.models.skysense import SkySense
 
     with torch.device("meta"):
@@ -534,18 +416,49 @@ def _check_shapes(cfg: SkySenseConfig, state: Mapping[str, Tensor], report: Load
                 f"shape mismatch for {report.loaded.get(k, k)} (-> {k}): expected {list(expected[k])}, "
                 f"found {list(v.shape)}"
             )
-    report.initialised = [k for k in expected if k not in state]
+    missing = [k for k in expected if k not in state]
+    given = {part_of(k) for k in state}
+    lacking = [k for k in missing if not k.startswith("geo.") and part_of(k) in given]
+    if lacking:
+        raise ValueError(
+            f"the sources lack {len(lacking)} tensor(s) of parts they hold: {lacking[:20]}"
+            f"{' ...' if len(lacking) > 20 else ''}. The file is incomplete (truncated or filtered); "
+            "re-download it. Only whole parts may be left out (a file not given, the geo-context)"
+        )
+    report.initialised = missing
     report.loaded_numel = sum(int(v.numel()) for v in state.values())
+
+
+def _load_source(path: Path) -> Any:
+    """A ``.pth`` file read with ``weights_only=True``; a safetensors file gets an answer instead."""
+    with open(path, "rb") as f:
+        head = f.read(9)  # safetensors: an 8-byte header length, then the JSON header
+    if path.suffix == ".safetensors" or (head[8:] == b"{" and not head.startswith(b"PK")):
+        from skysense.checkpoint import read_meta
+
+        try:
+            meta = read_meta(path)
+        except ValueError as e:
+            raise ValueError(f"{e}. skysense convert reads the official .pth files") from None
+        raise ValueError(
+            f"{path}: already a skysense checkpoint in safetensors form (config {meta.config.name!r}), "
+            f"nothing to convert: load it with skysense.load_pretrained({str(path)!r})"
+        )
+    return safe_torch_load(path)
 
 
 def convert_official(
     sources: Sequence[str | Path],
     *,
     preset: str | None = None,
+    config: ModelConfig | None = None,
     hr_bands: int | None = None,
     geo: bool = True,
 ) -> Converted:
-    """Read official ``.pth`` files safely (``weights_only=True``) and convert them; see the module doc."""
+    """Read official ``.pth`` files safely (``weights_only=True``) and convert them; see the module doc.
+
+    ``config``: the architecture (a :class:`SkySenseConfig`, a dict of its fields or a YAML file of
+    them) for sizes no preset has; the weights must match it exactly."""
     items = _expand_dirs(sources)
     if not items:
         raise ValueError("no source files given")
@@ -554,10 +467,12 @@ def convert_official(
         part, path = _split_source(item)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: source file not found")
-        loaded.append((path.name, safe_torch_load(path)))
+        loaded.append((path.name, _load_source(path)))
         parts.append(part)
         info.append({"file": path.name, "sha256": sha256_file(path)})
-    return convert_state_dicts(loaded, preset=preset, hr_bands=hr_bands, geo=geo, parts=parts, file_info=info)
+    return convert_state_dicts(
+        loaded, preset=preset, config=config, hr_bands=hr_bands, geo=geo, parts=parts, file_info=info
+    )
 
 
 __all__ = [
@@ -566,5 +481,6 @@ __all__ = [
     "convert_state_dicts",
     "expand_hr_bands",
     "infer_config",
+    "read_model_config",
     "route",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from torch import nn
 
@@ -24,6 +24,9 @@ from skysense.checkpoint import (
     load_state_checked,
     read_meta,
 )
+
+if TYPE_CHECKING:
+    from skysense.convert import ModelConfig
 
 OFFICIAL_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
@@ -47,6 +50,7 @@ def load_pretrained(
     allow_missing: Iterable[str] = (),
     check_inputs: bool = True,
     preset: str | None = None,
+    config: ModelConfig | None = None,
     hr_bands: int | None = None,
     geo: bool = True,
 ) -> Pretrained:
@@ -57,8 +61,8 @@ def load_pretrained(
     names them (key prefixes: ``"geo"``, ``"fusion"``, ``"align.s1"``, ...); the official release
     has no geo-context prototypes, so official files need ``allow_missing=("geo",)`` or
     ``geo=False`` (a config without geo-context). ``check_inputs``: check every sample fed to the
-    model against the checkpoint's input contract. ``preset``/``hr_bands``/``geo`` apply to official
-    files only (see :func:`skysense.convert.convert_official`). A pre-training run's ``last.ckpt``
+    model against the checkpoint's input contract. ``preset``/``config``/``hr_bands``/``geo`` apply to
+    official files only (see :func:`skysense.convert.convert_official`). A pre-training run's ``last.ckpt``
     is exported first: ``skysense export RUN/last.ckpt --out encoder.safetensors``.
     """
     from skysense.models.skysense import SkySense
@@ -75,7 +79,9 @@ def load_pretrained(
     elif all(_is_official(p) or "=" in str(p) for p in paths):
         from skysense.convert import convert_official
 
-        conv = convert_official([str(p) for p in paths], preset=preset, hr_bands=hr_bands, geo=geo)
+        conv = convert_official(
+            [str(p) for p in paths], preset=preset, config=config, hr_bands=hr_bands, geo=geo
+        )
         meta, state, report = conv.meta, conv.state, conv.report
     else:
         raise ValueError(

@@ -60,7 +60,8 @@ def official_files(model: SkySense, buffers: bool = True) -> dict[str, dict[str,
         for n, b in model.encoders["hr"].named_buffers():
             if n.endswith(("relative_coords_table", "relative_position_index")):
                 hr[n] = b.clone()
-    out["skysense_model_backbone_s2.pth"]["ctpe"] = sd["fusion.dtpe"].clone()
+    for m in ("hr", "s2", "s1"):  # the official converter keeps ctpe in every backbone file
+        out[f"skysense_model_backbone_{m}.pth"]["ctpe"] = sd["fusion.dtpe"].clone()
     return out
 
 
@@ -138,6 +139,8 @@ def test_six_files_convert_and_compute_the_same_function_bit_exactly(tmp_path, h
     n_buffers = sum(1 for k in rep.ignored if "relative_" in k)
     assert n_buffers == 2 * sum(conv.config.hr.depths)
     assert rep.loaded["fusion.dtpe"].endswith(":ctpe")
+    copies = {k for k, why in rep.ignored.items() if "equal copy" in why}
+    assert {k.split(":")[0] for k in copies} == {f"skysense_model_backbone_{m}.pth" for m in ("s2", "s1")}
     expected = {k for k in src.state_dict() if not k.startswith("geo.")}
     assert set(conv.state) == expected == set(rep.loaded)
     assert [s["file"] for s in rep.sources] == list(FILES) and all(
@@ -170,24 +173,58 @@ def test_full_checkpoint_converts_with_every_extra_key_reported(tmp_path):
     assert meta3.config.geo is None and model3.geo is None
 
 
-def test_config_is_inferred_from_shapes_without_a_preset():
+def custom_config() -> SkySenseConfig:
+    """A size no preset has, with head counts other than width / 64 (heads are not in the weights)."""
     cfg = get_preset("tiny")
     for vit in (cfg.s2, cfg.s1):
-        vit.embed_dim, vit.num_heads, vit.depth, vit.out_indices = 64, 1, 3, (1, 2)
-    cfg.fusion.embed_dim, cfg.fusion.num_heads, cfg.fusion.depth = 64, 1, 1
-    src = source_model(cfg)
+        vit.embed_dim, vit.num_heads, vit.depth, vit.out_indices = 64, 4, 3, (1, 2)
+    cfg.fusion.embed_dim, cfg.fusion.num_heads, cfg.fusion.depth = 64, 2, 1
+    return cfg
+
+
+def test_preset_is_recognised_from_shapes_without_being_named():
+    src = source_model()
     conv = convert_state_dicts(list(official_files(src).items()))
-    want, got = src.cfg.to_dict(), conv.config.to_dict()
-    assert got["hr"] == want["hr"]
-    for m in ("s2", "s1"):
-        assert got[m] == {**want[m], "out_indices": (0, 1, 2)}, m  # out_indices: quartiles of the depth
-    for key in ("in_dim", "embed_dim", "depth", "num_heads", "mlp_ratio", "dtpe_days", "dtpe_modalities"):
-        assert got["fusion"][key] == want["fusion"][key], key
-    assert "width / 64" in conv.report.assumed["s2.num_heads"]
+    assert conv.config.name == "official-tiny" and conv.config.s2.num_heads == 2
+    assert conv.config.hr == src.cfg.hr and conv.config.s2 == src.cfg.s2
     # without the relative_* buffers the window size is not in the file: taken from the preset, reported
-    files = official_files(src, buffers=False)
-    conv = convert_state_dicts(list(files.items()), preset=None)
-    assert "hr.window_size" in conv.report.assumed
+    conv = convert_state_dicts(list(official_files(src, buffers=False).items()))
+    assert "hr.window_size" in conv.report.assumed and conv.config.hr.window_size == 4
+
+
+def test_non_preset_sizes_convert_exactly_with_a_model_config(tmp_path):
+    src = source_model(custom_config())
+    items = list(official_files(src).items())
+    with pytest.raises(ValueError, match=r"match no preset; closest 'tiny' differs in s2\.embed_dim"):
+        convert_state_dicts(items)
+    (tmp_path / "model.yaml").write_text(
+        "s2: {embed_dim: 64, depth: 3, num_heads: 4, out_indices: [1, 2], img_size: 16, patch_size: 2}\n"
+        "s1: {in_chans: 2, embed_dim: 64, depth: 3, num_heads: 4, out_indices: [1, 2], img_size: 16, "
+        "patch_size: 2}\n"
+        "hr: {embed_dim: 16, depths: [1, 1, 3, 1], num_heads: [1, 2, 2, 4], window_size: 4, "
+        "extra_norm_every: 3}\n"
+        "fusion: {in_dim: 128, embed_dim: 64, depth: 1, num_heads: 2}\n"
+        "geo: null\n"
+    )
+    for config in (src.cfg, tmp_path / "model.yaml", str(tmp_path / "model.yaml")):
+        conv = convert_state_dicts(items, config=config, geo=False)
+        got = conv.config
+        assert (got.s2.num_heads, got.s1.num_heads, got.fusion.num_heads) == (4, 4, 2)
+        assert got.hr == src.cfg.hr and got.s2 == src.cfg.s2 and got.s1 == src.cfg.s1
+    # exact: the converted model computes the source's function (heads of width 64 / 64 = 1 would not)
+    assert_same_function(src, build(conv.state, conv.config, allow=()), make_sample(src.cfg, b=1))
+    loaded = load_pretrained(write_files(tmp_path, official_files(src)), config=src.cfg, geo=False)
+    assert loaded.model.cfg.fusion.num_heads == 2 and loaded.report.initialised == []
+    # a config the weights do not fit is refused, naming the field
+    wrong = custom_config()
+    wrong.s2.depth = 4
+    with pytest.raises(ValueError, match=r"do not match the config .*s2\.depth: config 4, source 3"):
+        convert_state_dicts(items, config=wrong)
+    with pytest.raises(ValueError, match="not both"):
+        convert_state_dicts(items, config=wrong, preset="tiny")
+    (tmp_path / "bad.yaml").write_text("s2: {widht: 64}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: not a SkySense model config: unknown ViTConfig key"):
+        convert_state_dicts(items, config=tmp_path / "bad.yaml")
 
 
 def test_partial_sources_build_the_given_modalities(tmp_path):
@@ -224,8 +261,11 @@ def test_mismatches_are_clear_errors():
     with pytest.raises(ValueError, match="file name says hr"):
         convert_state_dicts(swapped, preset="tiny")
 
-    with pytest.raises(ValueError, match="given twice"):
-        convert_state_dicts([*items, ("full.pth", full_checkpoint(files))], preset="tiny")
+    other = full_checkpoint(official_files(source_model(seed=1)))  # another model's weights
+    with pytest.raises(
+        ValueError, match=r"different values: skysense_model_backbone_hr\.pth:\S+ and full\.pth:"
+    ):
+        convert_state_dicts([*items, ("full.pth", other)], preset="tiny")
 
     head = [("my_head.pth", files["skysense_model_head_s1.pth"])]
     with pytest.raises(ValueError, match="head_s2=PATH"):
@@ -427,7 +467,7 @@ def test_cli_convert_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert run_cli(["convert", str(tmp_path), "--out", str(out), "--preset", "tiny", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["counts"]["loaded"] == len(src.state_dict()) - 3 and report["counts"]["initialised"] == 3
-    assert report["counts"]["ignored"] == 1 + 2 * sum(src.cfg.hr.depths)
+    assert report["counts"]["ignored"] == 1 + 2 * sum(src.cfg.hr.depths) + 2  # + 2 equal ctpe copies
     model, meta, rep = load_pretrained(out, allow_missing=("geo",), check_inputs=False)
     assert [s["file"] for s in meta.sources] == sorted(FILES) and meta.config.fusion.dtpe_modalities == (
         "s2",
