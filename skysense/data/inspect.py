@@ -27,6 +27,9 @@ from skysense.data.datasets import (
     SceneClassification,
     Segmentation,
     Sen1Floods11,
+    lonlat_of,
+    put_image,
+    put_lonlat,
 )
 from skysense.data.readers import (
     RASTER_SUFFIXES,
@@ -34,11 +37,13 @@ from skysense.data.readers import (
     find_s2_band_files,
     open_raster,
     raster_meta,
+    read_raster,
     read_s1,
     read_s2_bandset,
 )
 from skysense.dates import from_days
 
+FILE_LAYOUTS = ("rasters", "sits_npz")  # the layouts that read a single file
 DATASETS: dict[str, type[GeoDataset]] = {
     "scene_classification": SceneClassification,
     "bigearthnet_mm": BigEarthNetMM,
@@ -115,17 +120,58 @@ def _bandset_layout(path: Path) -> str | None:
     return "s1_patch" if {"_VV", "_VH"} & pols else None
 
 
+class RasterFiles(GeoDataset):
+    """Loose rasters, one sample per file: a GeoTIFF (PNG, JPEG...) or a folder of them.
+
+    ``{modality}`` (C, H, W) in the file's units (``hr`` unless ``modality`` says otherwise: the key under
+    which ``skysense stats`` stores the statistics), ``{modality}_invalid`` (H, W), ``lat``/``lon`` of a
+    georeferenced file's centre. Sample id: the file name.
+    """
+
+    layout = "rasters"
+    expected = "a raster file (.tif, .png, .jpg ...) or a folder of them"
+
+    def __init__(self, root: str | Path, modality: str = "hr", **kw: Any) -> None:
+        if modality not in MODALITY_DIRS:
+            raise ValueError(f"modality {modality!r}: use one of {', '.join(MODALITY_DIRS)}")
+        self.modality = modality
+        super().__init__(root, **kw)
+
+    def _scan(self) -> list[dict[str, Any]]:
+        if self.root.is_file():
+            files = [self.root] if self.root.suffix.lower() in RASTER_SUFFIXES else []
+        else:
+            files = sorted(
+                f for f in self.root.iterdir() if f.suffix.lower() in RASTER_SUFFIXES and f.is_file()
+            )
+        return [{"id": f.name, "path": f} for f in files]
+
+    def _load(self, rec: dict[str, Any]) -> dict[str, Any]:
+        sample: dict[str, Any] = {}
+        r = read_raster(rec["path"])
+        put_image(sample, self.modality, r)
+        put_lonlat(sample, lonlat_of(r.meta))
+        return sample
+
+
 def open_dataset(path: str | Path, layout: str | None = None, **kwargs: Any) -> GeoDataset:
     """The dataset for ``path`` (layout detected unless given); ``kwargs`` go to its constructor."""
+    path = Path(path)
     layout = layout or detect_layout(path)
+    known = [*DATASETS, "pretrain", "rasters"]
+    if layout not in known:
+        raise ValueError(f"{path}: no dataset layout recognised (got {layout!r}); known: {', '.join(known)}")
+    if path.is_file() and layout not in FILE_LAYOUTS:
+        raise ValueError(
+            f"{path} is a file, but the {layout} layout reads a folder; a single raster is the rasters "
+            "layout (leave --layout out, or pass --layout rasters)"
+        )
     if layout == "pretrain":
         from skysense.data.pretrain import PretrainDataset
 
         return PretrainDataset(path, **kwargs)
-    if layout not in DATASETS:
-        raise ValueError(
-            f"{path}: no dataset layout recognised (got {layout!r}); known: {', '.join(DATASETS)}, pretrain"
-        )
+    if layout == "rasters":
+        return RasterFiles(path, **kwargs)
     return DATASETS[layout](path, **kwargs)
 
 
@@ -161,6 +207,8 @@ def _inspect_rasters(path: Path) -> dict[str, Any]:
             with open_raster(f) as ds:
                 m = raster_meta(ds, f)
                 m.update(count=ds.count, bounds=tuple(ds.bounds) if m["transform"] else None)
+                if m["res"]:  # 28.49999999927454 -> 28.5: six significant digits
+                    m["res"] = tuple(float(f"{r:.6g}") for r in m["res"])
             try:
                 m["date"] = date_of_file(f).isoformat()
             except ValueError:
@@ -268,6 +316,8 @@ def inspect(
     if isinstance(ds, SceneClassification):
         report["class_counts"] = dict(Counter(ds.classes[r["label"]] for r in ds.records))
     picks = spread(len(ds), max_samples if max_samples > 0 else len(ds))
+    # pixel series (MODIS, Landsat ... indices) go to the temporal encoder's s2 input, but are no Sentinel-2
+    series = {ds.modality: "series"} if isinstance(ds, PixelTimeSeries) else {}
     mods: dict[str, dict[str, Any]] = {}
     crs: set[str] = set()
     dates: dict[str, set[str]] = {}
@@ -284,14 +334,18 @@ def inspect(
             if key in ("hr", "s2", "s1", "hr_pre", "hr_post"):
                 m = s["meta"].get(key, {})
                 info = mods.setdefault(
-                    key, {"bands": m.get("bands"), "units": m.get("units"), "shapes": set(), "invalid": []}
+                    series.get(key, key),
+                    {"bands": m.get("bands"), "units": m.get("units"), "shapes": set(), "invalid": []},
                 )
+                if key in series:
+                    info["read_as"] = key
                 info["shapes"].add(tuple(v.shape))
                 info["invalid"].append(float(s[f"{key}_invalid"].float().mean()))
                 if m.get("crs"):
                     crs.add(m["crs"])
                 if f"{key}_dates" in s:
-                    dates.setdefault(key, set()).update(d.isoformat() for d in from_days(s[f"{key}_dates"]))
+                    days = from_days(s[f"{key}_dates"])
+                    dates.setdefault(series.get(key, key), set()).update(d.isoformat() for d in days)
             if key == "target":
                 targets.update(np.unique(v.numpy()).tolist())
         if s.get("meta", {}).get("dates_exact") is False and "dates approximate" not in report:
@@ -342,9 +396,10 @@ def format_report(report: dict[str, Any], indent: str = "") -> str:
             )
     for key, info in report.get("modalities", {}).items():
         shapes = ", ".join("x".join(map(str, s)) for s in info["shapes"])
+        read_as = f", read as the model's {info['read_as']} input" if info.get("read_as") else ""
         lines.append(
             f"{indent}  {key}: bands {info['bands']} ({info['units']}), shape {shapes}, "
-            f"invalid {100 * info['invalid_fraction_mean']:.1f}%"
+            f"invalid {100 * info['invalid_fraction_mean']:.1f}%{read_as}"
         )
     for key, d in report.get("dates", {}).items():
         lines.append(

@@ -42,7 +42,8 @@ def compute_stats(
             )
             if a["bands"] != bands:
                 raise ValueError(
-                    f"sample {s['meta'].get('id')}: {key} bands {bands} differ from earlier {a['bands']}"
+                    f"sample {s['meta'].get('id')}: {key} bands {bands} differ from earlier {a['bands']}; "
+                    "statistics need samples with the same bands (files of one sensor)"
                 )
             if v.shape[1] == 0:
                 continue
