@@ -183,7 +183,12 @@ def task_loss(out: Mapping[str, Tensor], batch: Mapping[str, Any], cfg: Finetune
     elif cfg.task == "change":
         target = batch["target"]
         keep = target != IGNORE_INDEX
-        main = F.binary_cross_entropy_with_logits(logits[:, 0][keep], target[keep].float())
+        # class_weights [no change, change] -> BCE's pos_weight: change pixels are rare (LEVIR-CD ~14 %)
+        pos = cfg.class_weights[1] / cfg.class_weights[0] if cfg.class_weights else None
+        pos_weight = torch.tensor(pos, device=logits.device) if pos is not None else None
+        main = F.binary_cross_entropy_with_logits(
+            logits[:, 0][keep], target[keep].float(), pos_weight=pos_weight
+        )
     else:
         target = batch["label"] if cfg.task == "classification" else batch["target"]
         weight = torch.tensor(cfg.class_weights, device=logits.device) if cfg.class_weights else None

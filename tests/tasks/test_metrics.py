@@ -58,3 +58,16 @@ def test_multilabel_map():
     assert got["map"] == pytest.approx((1.0 + 1.0) / 2)  # every positive ranked above every negative
     with pytest.raises(ValueError, match="task 'detection'"):
         Evaluator("detection", ["a"])
+
+
+def test_change_loss_weighs_change_pixels_by_class_weights():
+    from skysense.config import from_dict
+    from skysense.tasks.finetune import FinetuneConfig, task_loss
+
+    logits = torch.tensor([[[[0.3, -1.2], [2.0, 0.1]]]])
+    target = torch.tensor([[[1, 0], [-1, 1]]])
+    cfg = from_dict(FinetuneConfig, {"task": "change", "class_weights": [1.0, 6.0]})
+    got = task_loss({"logits": logits}, {"target": target}, cfg)["loss"]
+    x, y = torch.tensor([0.3, -1.2, 0.1]), torch.tensor([1.0, 0.0, 1.0])
+    by_hand = -(6 * y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x))).mean()
+    assert float(got) == pytest.approx(float(by_hand), rel=1e-6)  # the ignored pixel counts nowhere
