@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from skysense.config import PRESETS, get_preset
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # The paper's counts for huge, in millions (spec Sec. 2). "other" (189M) is not described in
 # the paper; it is not part of the encoder we build (pre-training heads are counted separately).
@@ -47,6 +47,8 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 
 def describe(preset: str) -> dict[str, Any]:
+    import torch
+
     from skysense.models.skysense import build_model
 
     cfg = get_preset(preset)
@@ -123,7 +125,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="architecture and parameter counts of a preset (instant, meta device)")
+    p = sub.add_parser(
+        "info",
+        help="architecture and parameter counts of a preset (instant, meta device)",
+        description="Print the architecture of a model preset (encoders, fusion, geo-context) and its "
+        "parameters per part; for huge, next to the paper's counts (Table 9). The model is built on "
+        "the meta device: nothing is allocated, even for the 2B-parameter huge.",
+    )
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset (default tiny)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_run)

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from skysense.cli import main
+from skysense import __version__
+from skysense.cli import COMMANDS, build_parser, main
 
 
 def test_info_json_for_huge_is_instant_and_complete(capsys):
@@ -27,10 +28,60 @@ def test_info_table_and_help(capsys):
         main(["info", "--preset", "nope"])
 
 
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"skysense {__version__}"
+
+
+def _listing(parser) -> dict[str, str]:
+    """Command -> its help line in the top-level ``--help``."""
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return {a.dest: a.help for a in sub._choices_actions}
+
+
+def test_the_command_table_is_what_the_modules_register():
+    # the lazy listing (no module imported) must say what the full parser says
+    assert _listing(build_parser()) == {name: line for name, (_, line) in COMMANDS.items()}
+    assert list(_listing(build_parser(""))) == list(COMMANDS)
+
+
+@pytest.mark.parametrize("command", ["demo", "info"])
+def test_demo_and_info_describe_themselves(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    usage, _, rest = capsys.readouterr().out.partition("\n\n")
+    assert len(rest.partition("\n\n")[0]) > 100  # a description paragraph before the options
+
+
+HELP_ONLY = """
+import sys
+from skysense.cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+heavy = ("torch", "timm", "rasterio", "skysense.demo", "skysense.info")
+print("HEAVY", [m for m in heavy if m in sys.modules])
+"""
+
+
+def test_help_imports_no_subcommand_module():
+    out = subprocess.run([sys.executable, "-c", HELP_ONLY], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out and all(name in out for name in COMMANDS)
+
+
+def test_models_do_not_import_timm():
+    code = "import sys, skysense.models.skysense\nprint('timm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.slow
 def test_console_script_help_for_every_subcommand():
     out = subprocess.run([sys.executable, "-m", "skysense.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "info" in out.stdout
-    for sub in ("info", "demo", "convert", "pretrain", "data", "stats"):
+    for sub in COMMANDS:
         res = subprocess.run(
             [sys.executable, "-m", "skysense.cli", sub, "--help"], capture_output=True, text=True
         )
