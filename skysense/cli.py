@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "skysense.demo",
         "pre-train briefly on AID, linear-probe it, run real S1+S2 through the encoder; plots",
     ),
+    "embed": ("skysense.inference_cli", "encoder features of a GeoTIFF scene of any size, tiled (resumable)"),
+    "predict": ("skysense.inference_cli", "a fine-tuned checkpoint over GeoTIFF scenes: maps, scores, PNG"),
 }
 
 

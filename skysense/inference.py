@@ -1,0 +1,604 @@
+"""Large-scene inference: ``embed`` and ``predict`` over GeoTIFFs of any size, in bounded memory.
+
+The scene is cut into ``tile`` x ``tile`` pixel tiles whose origins step by ``tile - overlap``; each
+tile is read through a rasterio window (never the whole scene), normalised by the weights' input
+contract and run through the model in batches. Each tile's output map (stride ``f`` of the input) is
+blended into the output grid with separable weights ``w(y, x) = r(y) r(x)``. Across the ``k = overlap /
+f`` cells two neighbours share, each tile's ``r`` is 0 over the outer ``k / 4`` cells (next to its own
+edge, where the zero padding beyond the tile reaches into the receptive field), rises linearly over the
+next ``k / 2`` and is 1 beyond; the two weights sum to 1 everywhere in the overlap, so the tiles
+cross-fade without seams. On a side at the scene's edge ``r`` stays 1. The output is ``sum w f / sum w``;
+it equals the whole-image output wherever the model's receptive field reaches at most ``overlap / 4``
+pixels (and the tile's own content is what the whole image holds there).
+
+Tiles are run one tile row (a *strip*) at a time; once a strip is done, the output rows no later tile
+touches are final and are written to the GeoTIFF. The rows shared with the next strip (the overlap)
+are carried in memory, so memory grows with the scene's width, not its area. ``overlap <= tile / 2``
+keeps that carry to one strip: a run that starts at strip ``s`` (a resume, or a rank's share) first
+recomputes strip ``s - 1`` without writing it, which gives bit for bit the carry of an uninterrupted
+run (the batches of a strip are always the same tiles in the same order).
+
+Files: ranks write ``OUT.rank{r}of{N}.partial`` (their strips' rows, CRS and transform of their part)
+and record each finished strip in ``<part>.json`` (atomic); rank 0 copies the parts into
+``OUT.partial`` and renames it to ``OUT`` only when every strip is written. A killed run leaves
+parts and progress files and no ``OUT``: rerunning the same command skips the finished strips. The
+output grid is the input grid scaled by the stride (``transform * scale(f)``); the last band,
+``valid``, is the fraction of valid (not nodata) input pixels of each cell; cells with none are NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+from rasterio.enums import ColorInterp
+from rasterio.windows import Window
+from torch import Tensor
+
+from skysense.files import atomic_write
+
+if typing.TYPE_CHECKING:
+    from skysense.models.skysense import SkySense
+
+PRECISIONS = ("auto", "fp32", "bf16")
+LEVELS = ("fused", "hr1", "hr2", "hr3", "hr4")
+MODEL_STRIDE = 32  # the hr encoder's coarsest stride: tiles and overlaps are multiples of it
+
+
+# ----------------------------------------------------------------------------- what runs on a tile
+@dataclass
+class Head:
+    """A model on a batch of tiles: ``run({"hr": (B, C, T, T)}) -> (B, K, T / stride, T / stride)``.
+
+    ``finish`` turns the blended (K, h, w) map into the written bands named ``bands``; ``inputs``
+    are the sample keys the inputs feed (``hr``, or ``hr_pre``/``hr_post`` for change)."""
+
+    run: Callable[[dict[str, Tensor]], Tensor]
+    stride: int
+    channels: int  # K, of the raw output
+    bands: list[str]
+    normalise: Callable[[Tensor], Tensor]
+    in_bands: int
+    finish: Callable[[np.ndarray], np.ndarray] = lambda a: a
+    inputs: tuple[str, ...] = ("hr",)
+    fixed_tile: bool = False  # classification: one score per tile, no overlap
+
+
+def _amp(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype: bf16 where asked, or ``auto`` on a GPU that runs it natively."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    ):
+        return torch.bfloat16
+    return None
+
+
+def _wrap(fn: Callable[[dict[str, Tensor]], Tensor], device: torch.device, precision: str) -> Any:
+    dtype = _amp(device, precision)
+
+    @torch.inference_mode()
+    def run(batch: dict[str, Tensor]) -> Tensor:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return fn(batch).float().cpu()
+
+    return run
+
+
+def encoder_head(
+    weights: str | Path, level: str = "fused", device: str = "cpu", precision: str = "auto"
+) -> Head:
+    """``embed``: the fused map (stride 32) or one level of the hr pyramid (``hr1`` .. ``hr4``)."""
+    from skysense.pretrained import load_pretrained
+
+    if level not in LEVELS:
+        raise ValueError(f"--level {level!r}: use one of {', '.join(LEVELS)}")
+    loaded, meta, _ = load_pretrained(weights, check_inputs=False, allow_missing=("geo",))
+    model = typing.cast("SkySense", loaded)
+    if "hr" not in meta.modalities:
+        raise ValueError(f"{weights}: these weights have no hr encoder (they take {list(meta.modalities)})")
+    dev = torch.device(device)
+    model.to(dev)
+    spec = meta.modalities["hr"]
+    if level == "fused":
+        fn: Callable[[dict[str, Tensor]], Tensor] = lambda b: model(b)["fused"]  # noqa: E731
+        width, stride = int(model.out_dim), MODEL_STRIDE
+    else:
+        i = int(level[2]) - 1
+        fn = lambda b: model.encoders["hr"](b["hr"])[i]  # noqa: E731
+        assert meta.config.hr is not None
+        width, stride = int(meta.config.hr.out_channels[i]), 4 * 2**i
+    bands = [f"{level}_{k:04d}" for k in range(width)]
+    return Head(_wrap(fn, dev, precision), stride, width, bands, spec.normalise, len(spec.bands))
+
+
+def task_head(checkpoint: str | Path, tile: int, device: str = "cpu", precision: str = "auto") -> Head:
+    """``predict``: segmentation (class, confidence), change (change, probability) or scene
+    classification (class, confidence, one score per class; one cell per tile)."""
+    from skysense.checkpoint import _spec, sensor_spec
+    from skysense.tasks.evaluate import load_task_model
+
+    model, _, meta = load_task_model(checkpoint)
+    if "hr" not in model.encoder.cfg.modalities or meta["input"] not in ("hr", "fused"):
+        raise ValueError(
+            f"{checkpoint}: predict runs checkpoints over hr images; this one reads {meta['input']!r}"
+        )
+    dev = torch.device(device)
+    model.to(dev)
+    hr = (meta.get("contract") or {}).get("hr")
+    hr_cfg = model.encoder.cfg.hr
+    assert hr_cfg is not None
+    spec = _spec(hr) if hr else sensor_spec("hr", hr_cfg.in_chans)
+    classes = [str(c) for c in meta["classes"]]
+    task = meta["task"]
+
+    def top(p: np.ndarray) -> np.ndarray:  # (K, h, w) probabilities -> class, confidence
+        return np.stack([p.argmax(0).astype(np.float32), p.max(0)])
+
+    common: dict[str, Any] = {"normalise": spec.normalise, "in_bands": len(spec.bands)}
+    if task == "segmentation":
+        fn: Callable[[dict[str, Tensor]], Tensor] = lambda b: model(b)["logits"].softmax(1)  # noqa: E731
+        return Head(_wrap(fn, dev, precision), 1, len(classes), ["class", "confidence"], finish=top, **common)
+    if task == "change":
+        fn = lambda b: model(b)["logits"].sigmoid()  # noqa: E731
+        flag = lambda p: np.concatenate([(p > 0.5).astype(np.float32), p])  # noqa: E731
+        bands = ["change", "probability"]
+        return Head(
+            _wrap(fn, dev, precision), 1, 1, bands, finish=flag, inputs=("hr_pre", "hr_post"), **common
+        )
+    if task == "classification":
+        fn = lambda b: model(b)["logits"].softmax(1)[..., None, None]  # noqa: E731
+        scores = lambda p: np.concatenate([top(p), p])  # noqa: E731
+        bands = ["class", "confidence", *[f"score_{c}" for c in classes]]
+        run = _wrap(fn, dev, precision)
+        return Head(run, tile, len(classes), bands, finish=scores, fixed_tile=True, **common)
+    raise ValueError(f"{checkpoint}: predict does not handle task {task!r} yet")
+
+
+# ----------------------------------------------------------------------------- the tiling
+@dataclass(frozen=True)
+class Grid:
+    """Tiles over an ``height`` x ``width`` scene and the output grid of ``stride``."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+    stride: int
+
+    def __post_init__(self) -> None:
+        if self.tile <= 0 or self.tile % MODEL_STRIDE or self.overlap % MODEL_STRIDE:
+            raise ValueError(
+                f"tile {self.tile} and overlap {self.overlap} must be multiples of {MODEL_STRIDE} pixels"
+            )
+        if not 0 <= 2 * self.overlap <= self.tile:
+            raise ValueError(f"overlap {self.overlap} must be between 0 and half the tile ({self.tile // 2})")
+
+    @property
+    def step(self) -> int:
+        return self.tile - self.overlap
+
+    def count(self, size: int) -> int:
+        """Tiles along an axis of ``size`` pixels: the last one reaches past the edge (zero-padded)."""
+        return max(1, math.ceil((size - self.overlap) / self.step))
+
+    @property
+    def rows(self) -> int:
+        return self.count(self.height)
+
+    @property
+    def cols(self) -> int:
+        return self.count(self.width)
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        return math.ceil(self.height / self.stride), math.ceil(self.width / self.stride)
+
+    def final_rows(self, s: int) -> tuple[int, int]:
+        """Output rows that are final once strip ``s`` is done."""
+        end = self.out_shape[0] if s == self.rows - 1 else (s + 1) * self.step // self.stride
+        return s * self.step // self.stride, end
+
+    def ramp(self, before: bool, after: bool) -> np.ndarray:
+        """(n,) blending weights along a tile of ``n = tile / stride`` cells (see the module doc): on a
+        side shared with a neighbour (``before``/``after``), 0 over the outer ``k / 4`` of the ``k``
+        overlap cells, then a linear rise to 1 over the next ``k / 2``; 1 on a side at the scene edge."""
+        n, k = self.tile // self.stride, self.overlap // self.stride
+        r = np.ones(n)
+        if k:
+            m = k // 4
+            t = np.arange(n) + 0.5
+            rise = np.clip((t - m) / (k - 2 * m), 0.0, 1.0)
+            r = np.minimum(r, rise) if before else r
+            r = np.minimum(r, rise[::-1]) if after else r
+        return r
+
+
+class Scene:
+    """The input rasters (one, or a before/after pair on one grid), read a window at a time."""
+
+    def __init__(self, paths: Sequence[str | Path], in_bands: int) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.ds = []
+        for p in self.paths:
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: input raster not found")
+            self.ds.append(rasterio.open(p))
+        ref = self.ds[0]
+        for p, d in zip(self.paths, self.ds):
+            if d.crs is None or d.transform.is_identity:
+                raise ValueError(
+                    f"{p}: no CRS or geotransform: georeference it first (e.g. gdal_edit.py -a_srs EPSG:xxxx "
+                    "-a_ullr ulx uly lrx lry)"
+                )
+            if (d.crs, d.transform, d.shape) != (ref.crs, ref.transform, ref.shape):
+                raise ValueError(
+                    f"{p}: grid (CRS, transform, size) differs from {self.paths[0]}: put both dates on one "
+                    "grid first (gdalwarp -t_srs ... -tr ... -te ...)"
+                )
+        self.alpha = [self._alpha(p, d, in_bands) for p, d in zip(self.paths, self.ds)]
+        self.crs, self.transform = ref.crs, ref.transform
+        self.height, self.width = ref.shape
+
+    @staticmethod
+    def _alpha(path: Path, d: Any, in_bands: int) -> int | None:
+        """The alpha band's index (a transparent pixel is nodata), or None; checks the band count."""
+        if d.count == in_bands:
+            return None
+        if d.count == in_bands + 1 and d.colorinterp[-1] == ColorInterp.alpha:
+            return int(d.count)
+        raise ValueError(
+            f"{path}: {d.count} band(s), but the weights take {in_bands}: select the model's bands first "
+            "(e.g. gdal_translate -b 1 -b 2 -b 3)"
+        )
+
+    def read(self, i: int, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tile (C, size, size) float32 and invalid (size, size) bool of input ``i``; outside is invalid."""
+        d = self.ds[i]
+        h, w = min(size, self.height - row), min(size, self.width - col)
+        win = Window(col, row, w, h)
+        bands = [b for b in range(1, d.count + 1) if b != self.alpha[i]]
+        raw = d.read(bands, window=win)
+        bad = np.zeros((h, w), dtype=bool)
+        if raw.dtype.kind == "f":
+            bad |= np.isnan(raw).any(0)
+        if d.nodata is not None and not np.isnan(d.nodata):
+            bad |= (raw == d.nodata).any(0)
+        if self.alpha[i]:
+            bad |= d.read(self.alpha[i], window=win) == 0
+        x = np.zeros((len(bands), size, size), np.float32)
+        invalid = np.ones((size, size), dtype=bool)
+        x[:, :h, :w] = np.where(bad, 0, raw)
+        invalid[:h, :w] = bad
+        return x, invalid
+
+    def km2(self, rows: int | None = None) -> float:
+        """Area of ``rows`` rows (default all) in km² (geographic CRSs: at the scene's mid latitude)."""
+        t = self.transform
+        area = abs(t.a * t.e - t.b * t.d)
+        if self.crs.is_geographic:
+            lat = (t * (self.width / 2, self.height / 2))[1]
+            area *= 111.32e3**2 * math.cos(math.radians(lat))
+        return area * (self.height if rows is None else rows) * self.width / 1e6
+
+    def close(self) -> None:
+        for d in self.ds:
+            d.close()
+
+
+def run_strip(
+    scene: Scene, head: Head, grid: Grid, s: int, carry: np.ndarray | None, batch: int
+) -> np.ndarray:
+    """Blend strip ``s``'s tiles onto ``carry`` (the rows it shares with strip ``s - 1``).
+
+    Returns (K + 2, rows, cols) sums: K weighted outputs, the weighted valid fraction, the weight."""
+    n = grid.tile // grid.stride
+    oh, ow = grid.out_shape
+    r0 = s * grid.step // grid.stride
+    rows = min(n, oh - r0)
+    acc = np.zeros((head.channels + 2, n, (grid.cols - 1) * grid.step // grid.stride + n), np.float32)
+    if carry is not None:
+        acc[:, : carry.shape[1], : carry.shape[2]] = carry
+    ry = grid.ramp(s > 0, s < grid.rows - 1)
+    for j0 in range(0, grid.cols, batch):
+        js = range(j0, min(j0 + batch, grid.cols))
+        reads = [
+            [scene.read(i, s * grid.step, j * grid.step, grid.tile) for j in js]
+            for i in range(len(head.inputs))
+        ]
+        sample = {
+            k: head.normalise(torch.from_numpy(np.stack([x for x, _ in rd])))
+            for k, rd in zip(head.inputs, reads)
+        }
+        invalid = torch.from_numpy(np.stack([np.any([rd[b][1] for rd in reads], 0) for b in range(len(js))]))
+        for k in head.inputs:
+            sample[k] = sample[k].masked_fill(invalid[:, None], 0.0)  # nodata -> 0 after normalising
+        out = head.run(sample).numpy()  # (B, K, n, n)
+        valid = F.avg_pool2d((~invalid).float()[:, None], grid.stride).numpy()  # (B, 1, n, n)
+        for b, j in enumerate(js):
+            w = (ry[:, None] * grid.ramp(j > 0, j < grid.cols - 1)[None, :]).astype(np.float32)
+            c0 = j * grid.step // grid.stride
+            acc[:, :, c0 : c0 + n] += np.concatenate([out[b] * w, valid[b] * w, w[None]])
+    return acc[:, :rows, :ow]
+
+
+def finish_rows(head: Head, acc: np.ndarray) -> np.ndarray:
+    """Blended sums (K + 2, h, w) -> written bands (len(bands) + 1, h, w): outputs, ``valid``; NaN where
+    no input pixel is valid."""
+    den = acc[-1]
+    valid = acc[-2] / den
+    bands = head.finish(acc[:-2] / den)
+    bands[:, valid <= 0] = np.nan
+    return np.concatenate([bands, valid[None]]).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- output files
+def _profile(scene: Scene, head: Head, grid: Grid, r0: int, r1: int) -> dict[str, Any]:
+    """GeoTIFF profile of output rows [r0, r1): the input grid scaled by the stride."""
+    from rasterio.transform import Affine
+
+    h, w = r1 - r0, grid.out_shape[1]
+    big = h >= 256 and w >= 256
+    return {
+        "driver": "GTiff",
+        "dtype": "float32",
+        "count": len(head.bands) + 1,
+        "height": h,
+        "width": w,
+        "crs": scene.crs,
+        "transform": scene.transform @ Affine.scale(grid.stride) @ Affine.translation(0, r0),
+        "nodata": float("nan"),
+        **({"tiled": True, "blockxsize": 256, "blockysize": 256} if big else {}),
+    }
+
+
+def _describe(dst: Any, head: Head, tags: dict[str, Any]) -> None:
+    for i, name in enumerate([*head.bands, "valid"], start=1):
+        dst.set_band_description(i, name)
+    dst.update_tags(**{k: str(v) for k, v in tags.items()})
+
+
+def _fingerprint(paths: Sequence[Path], model: str, grid: Grid, settings: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same run: inputs (path, size, mtime), model file, tiling, settings."""
+    files = [str(p) for p in [*paths, Path(model)]]
+    stats = [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
+    return {
+        "files": stats,
+        "grid": [grid.height, grid.width, grid.tile, grid.overlap, grid.stride],
+        **settings,
+    }
+
+
+def _progress(part: Path, fingerprint: dict[str, Any]) -> int:
+    """Strips already written to ``part`` (0 for a fresh part); a mismatching record is an error."""
+    record = Path(f"{part}.json")
+    if not part.exists() or not record.exists():
+        return 0
+    data = json.loads(record.read_text())
+    if data["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{part} holds an unfinished run with other inputs or settings: rerun that command to finish "
+            f"it, or delete {part} and {record} to start anew"
+        )
+    return int(data["strips_done"])
+
+
+def _record(part: Path, fingerprint: dict[str, Any], done: int) -> None:
+    text = json.dumps({"fingerprint": fingerprint, "strips_done": done})
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    atomic_write(f"{part}.json", write)
+
+
+@dataclass
+class Summary:
+    """What a run did: tiles computed (resumed ones not), area, time, throughput, peak memory."""
+
+    tiles: int
+    km2: float
+    seconds: float
+    peak_rss_mb: float
+    peak_gpu_mb: float = 0.0
+    out: str = ""
+
+    @property
+    def km2_per_s(self) -> float:
+        return self.km2 / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        gpu = f", peak GPU memory {self.peak_gpu_mb:.0f} MB" if self.peak_gpu_mb else ""
+        return (
+            f"{self.out}: {self.tiles} tiles, {self.km2:.3f} km² in {self.seconds:.1f} s = "
+            f"{self.km2_per_s:.4f} km²/s, peak RSS {self.peak_rss_mb:.0f} MB{gpu}"
+        )
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def _share(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous strips [a, b) of ``rank``: every rank's part is a band of whole output rows."""
+    return rank * n // world, (rank + 1) * n // world
+
+
+def run_part(
+    scene: Scene, head: Head, grid: Grid, part: Path, strips: tuple[int, int], fingerprint: dict[str, Any],
+    tags: dict[str, Any], batch: int = 4, progress: bool = True, stop_after: int | None = None,
+) -> int:  # fmt: skip
+    """Strips [a, b) into ``part`` (resuming after the strips it records); returns the tiles computed.
+
+    ``stop_after``: raise after that many strips (tests kill a run this way)."""
+    from tqdm import tqdm
+
+    a, b = strips
+    r_start, r_end = grid.final_rows(a)[0], grid.final_rows(b - 1)[1] if b > a else grid.final_rows(a)[0]
+    done = _progress(part, fingerprint)
+    if done == 0 and b > a:
+        with rasterio.open(part, "w", **_profile(scene, head, grid, r_start, r_end)) as dst:
+            _describe(dst, head, tags)
+    if a + done >= b:
+        return 0
+    bar = tqdm(total=(b - a) * grid.cols, initial=done * grid.cols, unit="tile", disable=not progress)
+    tiles, carry, t0 = 0, None, time.perf_counter()
+    for s in range(max(0, a + done - 1), b):
+        acc = run_strip(scene, head, grid, s, carry, batch)
+        f0, f1 = grid.final_rows(s)
+        carry = acc[:, f1 - f0 :].copy()
+        if s < a + done:  # the strip before the first to write: only its carry is needed
+            continue
+        tiles += grid.cols
+        with rasterio.open(part, "r+") as dst:
+            rows = finish_rows(head, acc[:, : f1 - f0])
+            dst.write(rows, window=Window(0, f0 - r_start, rows.shape[2], rows.shape[1]))
+        _record(part, fingerprint, s + 1 - a)
+        km2 = scene.km2(min(grid.height - a * grid.step, (s + 1 - a) * grid.step))
+        bar.update(grid.cols)
+        bar.set_postfix_str(f"{km2:.2f} km², {tiles / (time.perf_counter() - t0):.2f} tiles/s")
+        if stop_after is not None and s + 1 - a - done >= stop_after:
+            raise KeyboardInterrupt(f"stopped after {stop_after} strip(s)")
+    bar.close()
+    return tiles
+
+
+def _merge(parts: Sequence[Path], out: Path) -> None:
+    """Copy the parts (bands of rows, in order) into ``out`` through ``out.partial``."""
+    partial = out.with_name(out.name + ".partial")
+    with rasterio.open(parts[0]) as first:
+        skip = ("tiled", "blockxsize", "blockysize", "interleave", "compress")
+        profile = {k: v for k, v in first.profile.items() if k not in skip}
+        tags, descriptions = first.tags(), first.descriptions
+    heights = []
+    for p in parts:
+        with rasterio.open(p) as src:
+            heights.append(src.height)
+    profile["height"] = sum(heights)
+    if profile["height"] >= 256 and profile["width"] >= 256:  # as _profile lays out a single part
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(partial, "w", **profile) as dst:
+        dst.update_tags(**tags)
+        for i, d in enumerate(descriptions, start=1):
+            dst.set_band_description(i, d)
+        row = 0
+        for p, h in zip(parts, heights):
+            with rasterio.open(p) as src:
+                for y in range(0, h, 256):
+                    win = Window(0, y, src.width, min(256, h - y))
+                    dst.write(src.read(window=win), window=Window(0, row + y, src.width, win.height))
+            row += h
+    os.replace(partial, out)
+
+
+def _ranks() -> tuple[int, int, int]:
+    """(rank, world, local rank) of a torchrun launch (0, 1, 0 otherwise); joins a gloo group for the
+    barriers (a long timeout: ranks wait for the slowest one's strips)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def infer(
+    inputs: Sequence[str | Path], out: str | Path, head: Head, *, model_file: str | Path, tile: int = 512,
+    overlap: int = 64, batch: int = 4, progress: bool = True, overwrite: bool = False,
+    settings: dict[str, Any] | None = None, stop_after: int | None = None,
+) -> Summary:  # fmt: skip
+    """Run ``head`` over the scene ``inputs`` into the GeoTIFF ``out`` (see the module doc).
+
+    Under torchrun every rank calls this with the same arguments and computes its share of the strips;
+    rank 0 writes ``out``. An existing ``out`` is a finished run: returned at once unless ``overwrite``."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{out.parent}: the output folder does not exist: create it first")
+    if out.exists() and not overwrite:
+        return Summary(0, 0.0, 0.0, peak_rss_mb(), out=f"{out} (already complete; --overwrite recomputes it)")
+    rank, world, _ = _ranks()
+    scene = Scene(inputs, head.in_bands)
+    try:
+        grid = Grid(scene.height, scene.width, tile, 0 if head.fixed_tile else overlap, head.stride)
+        settings = {**(settings or {}), "bands": head.bands}
+        fp = _fingerprint(scene.paths, str(model_file), grid, settings)
+        tags = {
+            **{k: v for k, v in settings.items() if k != "bands"},
+            "inputs": ",".join(str(p) for p in scene.paths),
+            "model": str(model_file),
+            "stride": grid.stride,
+            "tile": grid.tile,
+            "overlap": grid.overlap,
+            "blending": "linear ramp over the overlap, separable (skysense.inference)",
+        }
+        shares = [_share(grid.rows, r, world) for r in range(world)]
+        parts = [(out.with_name(f"{out.name}.rank{r}of{world}.partial"), sh) for r, sh in enumerate(shares)]
+        parts = [(p, sh) for p, sh in parts if sh[1] > sh[0]]
+        t0 = time.perf_counter()
+        tiles = 0
+        if shares[rank][1] > shares[rank][0]:
+            part = out.with_name(f"{out.name}.rank{rank}of{world}.partial")
+            tiles = run_part(
+                scene, head, grid, part, shares[rank], fp, tags, batch, progress and rank == 0, stop_after
+            )
+        _barrier(world)
+        if rank == 0:
+            if len(parts) == 1:
+                os.replace(parts[0][0], out)
+            else:
+                _merge([p for p, _ in parts], out)
+            for p, _ in parts:
+                p.unlink(missing_ok=True)
+                Path(f"{p}.json").unlink(missing_ok=True)
+        _barrier(world)
+        seconds = time.perf_counter() - t0
+        gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+        km2 = scene.km2() * tiles / (grid.rows * grid.cols)
+        return Summary(tiles, km2, seconds, peak_rss_mb(), gpu, str(out))
+    finally:
+        scene.close()
+
+
+def quicklook(tif: str | Path, png: str | Path, max_side: int = 1024) -> Path:
+    """A PNG of band 1 of ``tif`` (a class map in tab20 colours, a probability or change map in grey),
+    read at most ``max_side`` pixels a side; nodata is white."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with rasterio.open(tif) as src:
+        k = max(1, math.ceil(max(src.height, src.width) / max_side))
+        band = src.read(1, out_shape=(max(1, src.height // k), max(1, src.width // k)), resampling=0)
+        name = src.descriptions[0] or ""
+    cmap = plt.get_cmap("tab20" if name == "class" else "gray").copy()
+    cmap.set_bad("white")
+    vmax = 19 if name == "class" else max(1.0, float(np.nanmax(band)) if np.isfinite(band).any() else 1.0)
+
+    def write(tmp: Path) -> None:
+        plt.imsave(tmp, np.ma.masked_invalid(band), cmap=cmap, vmin=0, vmax=vmax, format="png")
+
+    return atomic_write(png, write)

@@ -1,0 +1,112 @@
+"""``skysense embed`` and ``skysense predict``: large GeoTIFF scenes, tiled, resumable, under torchrun too
+(:mod:`skysense.inference`). Registered by ``skysense.cli`` through :func:`add_commands`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+TILING_HELP = (
+    "Tiles overlap by --overlap pixels and are blended with linear ramps; a killed run resumes where it "
+    "stopped when the same command is run again (OUT appears only when complete). Under `torchrun "
+    "--nproc_per_node N` (or several machines: --nnodes, --node_rank, --rdzv_endpoint, with OUT on a "
+    "shared file system) the ranks split the tile rows and rank 0 writes OUT."
+)
+
+
+def _device(name: str) -> str:
+    import os
+
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return name
+
+
+def _finish(summary: object, png: Path | None = None) -> int:
+    import torch.distributed as dist
+
+    from skysense.inference import Summary, quicklook
+
+    assert isinstance(summary, Summary)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        if png is not None and summary.tiles:
+            quicklook(summary.out, png)
+            print(f"quick-look: {png}")
+        print(summary.line())
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from skysense.inference import encoder_head, infer
+
+    head = encoder_head(args.weights, args.level, _device(args.device), args.precision)
+    settings = {"level": args.level, "precision": args.precision}
+    return _finish(
+        infer(
+            args.inputs, args.out, head, model_file=args.weights, tile=args.tile, overlap=args.overlap,
+            batch=args.batch_size, progress=not args.quiet, overwrite=args.overwrite, settings=settings,
+        )
+    )  # fmt: skip
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from skysense.inference import infer, task_head
+
+    head = task_head(args.checkpoint, args.tile, _device(args.device), args.precision)
+    if len(args.inputs) != len(head.inputs):
+        raise ValueError(
+            f"the checkpoint's task takes {len(head.inputs)} input(s) ({', '.join(head.inputs)}), "
+            f"got {len(args.inputs)}"
+        )
+    out = Path(args.out)
+    summary = infer(
+        args.inputs, out, head, model_file=args.checkpoint, tile=args.tile, overlap=args.overlap,
+        batch=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
+        settings={"precision": args.precision},
+    )  # fmt: skip
+    return _finish(summary, out.with_suffix(".png"))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output GeoTIFF (its folder must exist)")
+    p.add_argument("--tile", type=int, default=512, help="tile side in input pixels, a multiple of 32")
+    p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles (multiple of 32)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 on GPU")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="= --precision bf16")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--overwrite", action="store_true", help="recompute even where OUT exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="encoder features of a GeoTIFF scene of any size, tiled and georeferenced (resumable)",
+        description="Write the fused map (stride 32) or an hr pyramid level as a float32 GeoTIFF on the "
+        "input grid scaled by the stride, one band per channel plus 'valid' (fraction of valid input "
+        "pixels). " + TILING_HELP,
+    )
+    p.add_argument("inputs", nargs=1, metavar="INPUT", help="an hr GeoTIFF (bands as the weights expect)")
+    p.add_argument("--weights", required=True, help="encoder .safetensors (skysense convert / export)")
+    p.add_argument("--level", default="fused", choices=("fused", "hr1", "hr2", "hr3", "hr4"))
+    _common(p)
+    p.set_defaults(func=_embed)
+    p = sub.add_parser(
+        "predict",
+        help="a fine-tuned checkpoint over GeoTIFF scenes: class/change maps, tile scores; a quick-look PNG",
+        description="Segmentation: bands class, confidence; change (two inputs, before and after, on one "
+        "grid): change, probability; scene classification: class, confidence and one score per class "
+        "for each tile (one cell per --tile pixels). A PNG of band 1 is written beside OUT. " + TILING_HELP,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="an hr GeoTIFF; for change: BEFORE AFTER")
+    p.add_argument("--checkpoint", required=True, help="RUN/best.ckpt of `skysense finetune`")
+    _common(p)
+    p.set_defaults(func=_predict)

@@ -1,0 +1,194 @@
+"""Large-scene inference: tiling and blending against the whole image, georeferencing, resume, nodata,
+bad input, several processes (:mod:`skysense.inference`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import torch.nn.functional as F
+from rasterio.transform import Affine, from_origin
+
+from skysense.checkpoint import default_meta, save_pretrained
+from skysense.inference import Grid, Head, encoder_head, infer
+from skysense.models.skysense import build_model
+
+ORIGIN = from_origin(500_000.0, 4_200_000.0, 0.5, 0.5)  # UTM 33N, 0.5 m pixels
+
+
+def write_scene(path: Path, h: int, w: int, nodata: float | None = None, seed: int = 0, **kw) -> Path:
+    """A smooth random 3-band uint8 scene (h x w) in EPSG:32633."""
+    gen = np.random.default_rng(seed)
+    x = gen.uniform(0, 255, (3, h // 8 + 2, w // 8 + 2)).astype(np.float32)
+    x = F.interpolate(torch.from_numpy(x)[None], size=(h, w), mode="bilinear")[0].numpy()
+    profile = {"driver": "GTiff", "height": h, "width": w, "count": 3, "dtype": "uint8"}
+    profile |= {"crs": "EPSG:32633", "transform": ORIGIN, "nodata": nodata, **kw}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.clip(x, 1, 255).astype(np.uint8))
+    return path
+
+
+def local_head(stride: int = 4) -> Head:
+    """A model whose receptive field is one 3 x 3 neighbourhood of stride cells (fits any overlap >= 2
+    cells): cell means, then a fixed 3 x 3 box filter. Zero padding at the tile edge is what the
+    whole image sees at the scene edge."""
+
+    def run(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        cells = F.avg_pool2d(batch["hr"], stride)
+        return F.avg_pool2d(cells, 3, stride=1, padding=1, count_include_pad=True)
+
+    return Head(run, stride, 3, ["r", "g", "b"], lambda x: x / 255.0, 3)
+
+
+def read(path: Path) -> tuple[np.ndarray, dict]:
+    with rasterio.open(path) as src:
+        return src.read(), {"crs": src.crs, "transform": src.transform, "names": src.descriptions}
+
+
+def tiny_weights(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = build_model("tiny", s2=None, s1=None)
+    return save_pretrained(model, tmp_path / "tiny.safetensors", default_meta(model.cfg))
+
+
+@pytest.mark.parametrize("size", [(128, 128), (100, 70)])  # a multiple of the tile step, and not
+def test_tiled_equals_whole_image_where_the_receptive_field_fits(tmp_path, size):
+    h, w = size
+    src = write_scene(tmp_path / "in.tif", h, w)
+    head = local_head()
+    infer([src], tmp_path / "out.tif", head, model_file=src, tile=64, overlap=32, progress=False)
+    got, _ = read(tmp_path / "out.tif")
+    with rasterio.open(src) as s:
+        x = torch.from_numpy(s.read().astype(np.float32))[None]
+    # the whole image, zero-padded to a whole number of cells as the tiles are at the scene edge
+    x = F.pad(x, (0, -w % 4, 0, -h % 4))
+    whole = head.run({"hr": x / 255.0})[0].numpy()
+    assert got.shape == (4, -(-h // 4), -(-w // 4))
+    # the edge cells hold zero padding in both; the cells outside the scene are cropped in both.
+    # Blending identical values changes only the rounding: sum(w f) / sum(w) to float32 precision
+    np.testing.assert_allclose(got[:3], whole, rtol=0, atol=1e-6)
+    valid = got[3]
+    assert valid[:-1, :-1].min() == 1.0
+    if w % 4:  # the last column of cells covers w % 4 of its 4 pixel columns
+        np.testing.assert_allclose(valid[0, -1], (w % 4) / 4, atol=1e-6)
+
+
+def test_output_grid_aligns_with_the_input_in_map_coordinates(tmp_path):
+    src = write_scene(tmp_path / "in.tif", 96, 128)
+    infer([src], tmp_path / "out.tif", local_head(8), model_file=src, tile=64, overlap=32, progress=False)
+    got, meta = read(tmp_path / "out.tif")
+    assert meta["crs"].to_epsg() == 32633
+    assert meta["transform"] == ORIGIN @ Affine.scale(8)
+    assert meta["names"] == ("r", "g", "b", "valid")
+    with rasterio.open(src) as s, rasterio.open(tmp_path / "out.tif") as o:
+        for i, j in [(0, 0), (5, 3), (11, 15)]:
+            x, y = o.xy(i, j)  # the cell centre in map coordinates
+            r, c = s.index(x, y)  # the input pixel there
+            assert (r // 8, c // 8) == (i, j)
+            # the cell's value is its neighbourhood of input pixels around that place (mean of 3 x 3 cells)
+            block = s.read(
+                window=((max(0, r // 8 - 1) * 8, r // 8 * 8 + 16), (max(0, c // 8 - 1) * 8, c // 8 * 8 + 16))
+            )
+            if 0 < i < 11 and 0 < j < 15:
+                np.testing.assert_allclose(got[:3, i, j], block.mean((1, 2)) / 255.0, rtol=1e-5)
+
+
+def test_nodata_region_is_masked_in_the_valid_band(tmp_path):
+    src = write_scene(tmp_path / "in.tif", 96, 96, nodata=0)
+    with rasterio.open(src, "r+") as d:
+        d.write(np.zeros((3, 40, 42), np.uint8), window=((0, 40), (0, 42)))  # nodata top-left corner
+    infer([src], tmp_path / "out.tif", local_head(4), model_file=src, tile=64, overlap=32, progress=False)
+    got, _ = read(tmp_path / "out.tif")
+    valid = got[3]
+    assert (valid[:10, :10] == 0).all() and np.isnan(got[:3, :10, :10]).all()
+    np.testing.assert_allclose(valid[:10, 10], 0.5)  # columns 40-43: two of four pixels are nodata
+    assert (valid[12:, 12:] == 1).all() and np.isfinite(got[:3, 12:, 12:]).all()
+
+
+def test_tiny_encoder_single_tile_equals_the_model(tmp_path):
+    weights = tiny_weights(tmp_path)
+    src = write_scene(tmp_path / "in.tif", 64, 64)
+    head = encoder_head(weights, "hr2", precision="fp32")
+    infer([src], tmp_path / "out.tif", head, model_file=weights, tile=64, overlap=0, progress=False)
+    got, meta = read(tmp_path / "out.tif")
+    from skysense.pretrained import load_pretrained
+
+    model, m, _ = load_pretrained(weights)
+    with rasterio.open(src) as s:
+        x = m.modalities["hr"].normalise(torch.from_numpy(s.read().astype(np.float32))[None])
+    with torch.no_grad():
+        ref = model.encoders["hr"](x)[1][0].numpy()
+    assert got.shape == (ref.shape[0] + 1, 8, 8)
+    assert meta["names"][0] == "hr2_0000" and meta["transform"] == ORIGIN @ Affine.scale(8)
+    np.testing.assert_allclose(got[:-1], ref, rtol=1e-4, atol=1e-5)  # the same ops, one batch of one
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_bytes(tmp_path):
+    weights = tiny_weights(tmp_path)
+    src = write_scene(tmp_path / "in.tif", 160, 96)
+    head = encoder_head(weights, "hr3", precision="fp32")
+    kw = {"model_file": weights, "tile": 64, "overlap": 32, "batch": 2, "progress": False}
+    infer([src], tmp_path / "whole.tif", head, **kw)
+    out = tmp_path / "out.tif"
+    with pytest.raises(KeyboardInterrupt):
+        infer([src], out, head, stop_after=2, **kw)
+    assert not out.exists()  # nothing under the final name until every strip is written
+    summary = infer([src], out, head, **kw)
+    assert summary.tiles == (Grid(160, 96, 64, 32, 16).rows - 2) * Grid(160, 96, 64, 32, 16).cols
+    a, b = read(tmp_path / "whole.tif")[0], read(out)[0]
+    assert a.tobytes() == b.tobytes()
+    assert not list(tmp_path.glob("*.partial*"))
+    assert infer([src], out, head, **kw).tiles == 0  # finished: nothing recomputed
+
+
+def test_bad_input_is_refused_with_the_fix(tmp_path):
+    src = write_scene(tmp_path / "in.tif", 64, 64)
+    head = local_head()
+    with pytest.raises(FileNotFoundError, match="output folder does not exist"):
+        infer([src], tmp_path / "nope" / "out.tif", head, model_file=src, progress=False)
+    bare = tmp_path / "bare.tif"
+    with rasterio.open(bare, "w", driver="GTiff", height=64, width=64, count=3, dtype="uint8") as d:
+        d.write(np.ones((3, 64, 64), np.uint8))
+    with pytest.raises(ValueError, match="no CRS or geotransform"):
+        infer([bare], tmp_path / "out.tif", head, model_file=src, progress=False)
+    head.in_bands = 4
+    with pytest.raises(ValueError, match="3 band.*the weights take 4"):
+        infer([src], tmp_path / "out.tif", head, model_file=src, progress=False)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        Grid(64, 64, 60, 0, 4)
+    with pytest.raises(ValueError, match="half the tile"):
+        Grid(64, 64, 64, 64, 4)
+    assert not (tmp_path / "out.tif").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ranks_write_what_one_process_writes(tmp_path):
+    weights = tiny_weights(tmp_path)
+    src = write_scene(tmp_path / "in.tif", 192, 96)
+    args = ["embed", str(src), "--weights", str(weights), "--tile", "64", "--overlap", "32", "--level", "hr3"]
+    args += ["--precision", "fp32", "--device", "cpu", "--quiet", "--batch-size", "2"]
+    # one thread per process in both runs (torchrun sets it for its ranks): a float sum's order depends on
+    # the thread count, the tiles and their batches do not
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = ["--out", str(tmp_path / "one.tif")]
+    one = subprocess.run([sys.executable, "-m", "skysense.cli", *args, *out], env=env, timeout=400)
+    assert one.returncode == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    out = ["--out", str(tmp_path / "two.tif")]
+    two = subprocess.run([*run, "-m", "skysense.cli", *args, *out], env=env, timeout=400)
+    assert two.returncode == 0
+    a, ma = read(tmp_path / "one.tif")
+    b, mb = read(tmp_path / "two.tif")
+    assert ma == mb and a.tobytes() == b.tobytes()
