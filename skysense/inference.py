@@ -43,7 +43,7 @@ import numpy as np
 import rasterio
 import torch
 import torch.nn.functional as F
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.windows import Window
 from torch import Tensor
 
@@ -592,10 +592,11 @@ def quicklook(tif: str | Path, png: str | Path, max_side: int = 1024) -> Path:
 
     with rasterio.open(tif) as src:
         k = max(1, math.ceil(max(src.height, src.width) / max_side))
-        band = src.read(1, out_shape=(max(1, src.height // k), max(1, src.width // k)), resampling=0)
+        band = src.read(
+            1, out_shape=(max(1, src.height // k), max(1, src.width // k)), resampling=Resampling.nearest
+        )
         name = src.descriptions[0] or ""
-    cmap = plt.get_cmap("tab20" if name == "class" else "gray").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("tab20" if name == "class" else "gray").with_extremes(bad="white")
     vmax = 19 if name == "class" else max(1.0, float(np.nanmax(band)) if np.isfinite(band).any() else 1.0)
 
     def write(tmp: Path) -> None:

@@ -192,3 +192,101 @@ def test_two_ranks_write_what_one_process_writes(tmp_path):
     a, ma = read(tmp_path / "one.tif")
     b, mb = read(tmp_path / "two.tif")
     assert ma == mb and a.tobytes() == b.tobytes()
+
+
+def task_checkpoint(tmp_path: Path, task: str, classes: list[str]) -> Path:
+    """A ``skysense finetune``-style checkpoint of a random tiny hr model for ``task``."""
+    import dataclasses
+
+    from skysense.engine.state import save_checkpoint
+    from skysense.tasks.finetune import FinetuneConfig, TaskHeadConfig, TaskModel
+
+    torch.manual_seed(0)
+    head = TaskHeadConfig(channels=16)
+    model = TaskModel(build_model("tiny", s2=None, s1=None), task, "hr", len(classes), head)
+    cfg = FinetuneConfig(task=task, input="hr", head=head)
+    meta = {"task": task, "classes": classes, "encoder": model.encoder.cfg.to_dict()}
+    meta |= {"head": dataclasses.asdict(head), "input": "hr"}
+    path = tmp_path / f"{task}.ckpt"
+    save_checkpoint(path, {"model": model.state_dict(), "config": dataclasses.asdict(cfg), "meta": meta})
+    return path
+
+
+def _model_on(ckpt: Path, scenes: dict[str, Path]) -> torch.Tensor:
+    from skysense.checkpoint import sensor_spec
+    from skysense.tasks.evaluate import load_task_model
+
+    model, _, _ = load_task_model(ckpt)
+    spec = sensor_spec("hr", 3)
+    batch = {}
+    for key, path in scenes.items():
+        with rasterio.open(path) as s:
+            batch[key] = spec.normalise(torch.from_numpy(s.read().astype(np.float32))[None])
+    with torch.no_grad():
+        return model(batch)["logits"]
+
+
+@pytest.mark.slow
+def test_predict_segmentation_writes_classes_confidence_and_a_quicklook(tmp_path):
+    from skysense.cli import main
+
+    ckpt = task_checkpoint(tmp_path, "segmentation", ["water", "field", "town"])
+    src = write_scene(tmp_path / "in.tif", 64, 64)
+    out = tmp_path / "seg.tif"
+    argv = [
+        "predict",
+        str(src),
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--tile",
+        "64",
+        "--overlap",
+        "0",
+    ]
+    assert main([*argv, "--quiet", "--device", "cpu", "--precision", "fp32"]) == 0
+    got, meta = read(out)
+    assert meta["names"] == ("class", "confidence", "valid") and meta["transform"] == ORIGIN
+    prob = _model_on(ckpt, {"hr": src}).softmax(1)[0]  # one tile = the whole scene
+    np.testing.assert_array_equal(got[0], prob.argmax(0).numpy())
+    np.testing.assert_allclose(got[1], prob.max(0).values.numpy(), rtol=1e-4)
+    assert (tmp_path / "seg.png").stat().st_size > 0
+
+
+def test_predict_classification_scores_every_tile(tmp_path):
+    from skysense.inference import task_head
+
+    ckpt = task_checkpoint(tmp_path, "classification", ["forest", "port"])
+    src = write_scene(tmp_path / "in.tif", 128, 64)
+    out = tmp_path / "cls.tif"
+    head = task_head(ckpt, 64, precision="fp32")
+    infer([src], out, head, model_file=ckpt, tile=64, overlap=64, progress=False)  # overlap: none per tile
+    got, meta = read(out)
+    assert got.shape == (5, 2, 1) and meta["transform"] == ORIGIN @ Affine.scale(64)
+    assert meta["names"] == ("class", "confidence", "score_forest", "score_port", "valid")
+    with rasterio.open(src) as s:
+        for i in range(2):
+            tile = tmp_path / f"t{i}.tif"
+            with rasterio.open(tile, "w", **{**s.profile, "height": 64}) as t:
+                t.write(s.read(window=((64 * i, 64 * i + 64), (0, 64))))
+            p = _model_on(ckpt, {"hr": tile}).softmax(1)[0].numpy()
+            np.testing.assert_allclose(got[2:4, i, 0], p, rtol=1e-4)
+
+
+def test_predict_change_takes_a_before_after_pair_on_one_grid(tmp_path):
+    from skysense.inference import task_head
+
+    ckpt = task_checkpoint(tmp_path, "change", ["change"])
+    before = write_scene(tmp_path / "a.tif", 64, 64, seed=1)
+    after = write_scene(tmp_path / "b.tif", 64, 64, seed=2)
+    head = task_head(ckpt, 64, precision="fp32")
+    infer([before, after], tmp_path / "c.tif", head, model_file=ckpt, tile=64, overlap=0, progress=False)
+    got, meta = read(tmp_path / "c.tif")
+    assert meta["names"] == ("change", "probability", "valid")
+    p = _model_on(ckpt, {"hr_pre": before, "hr_post": after}).sigmoid()[0, 0].numpy()
+    np.testing.assert_allclose(got[1], p, rtol=1e-4)
+    np.testing.assert_array_equal(got[0], (got[1] > 0.5).astype(np.float32))
+    shifted = write_scene(tmp_path / "s.tif", 64, 64, transform=ORIGIN @ Affine.translation(3, 0))
+    with pytest.raises(ValueError, match="differs from"):
+        infer([before, shifted], tmp_path / "d.tif", head, model_file=ckpt, progress=False)
