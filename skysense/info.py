@@ -1,13 +1,14 @@
 """``skysense info``: architecture and parameter counts per part (paper Table 9 / spec Sec. 2).
 
-The model is built on the meta device, so even ``huge`` (2B parameters) is instant and
-allocates nothing.
+The model is built with its large tensors on the meta device (:func:`build_for_counting`), so even
+``huge`` (2B parameters) is instant and allocates nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 from skysense.config import PRESETS, get_preset
@@ -46,14 +47,37 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-def describe(preset: str) -> dict[str, Any]:
+def build_for_counting(cfg: Any) -> nn.Module:
+    """The model of ``cfg`` with every tensor of 65,536 elements or more on the meta device, their in-place
+    initialisers skipped; smaller tensors (the buffers of position tables that ``__init__`` computes) stay
+    on the CPU. Built under ``torch.device("meta")`` instead, those computations would run through torch's
+    Python decompositions, which import ``torch._dynamo``: a second or more of start-up for ``info``."""
     import torch
+    from torch.overrides import TorchFunctionMode
 
     from skysense.models.skysense import build_model
 
+    factories = {torch.empty: 0, torch.zeros: 0, torch.ones: 0, torch.rand: 0, torch.randn: 0, torch.full: 0}
+
+    class BigOnMeta(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            name = getattr(func, "__name__", "")
+            if name.endswith("_") and not name.endswith("__") and args and getattr(args[0], "is_meta", False):
+                return args[0]  # an initialiser filling a meta tensor: nothing to fill
+            if func in factories and kwargs.get("device") is None and args:
+                size = args[0] if isinstance(args[0], (tuple, list, torch.Size)) else args
+                if all(isinstance(n, int) for n in size) and math.prod(size) >= 1 << 16:
+                    kwargs["device"] = "meta"
+            return func(*args, **kwargs)
+
+    with BigOnMeta():
+        return build_model(cfg)
+
+
+def describe(preset: str) -> dict[str, Any]:
     cfg = get_preset(preset)
-    with torch.device("meta"):
-        model = build_model(cfg)
+    model = build_for_counting(cfg)
     counts = parameter_counts(model)
     report: dict[str, Any] = {"preset": preset, "config": cfg.to_dict(), "parameters": counts}
     report["fused_channels"] = model.out_dim

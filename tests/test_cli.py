@@ -86,3 +86,35 @@ def test_console_script_help_for_every_subcommand():
             [sys.executable, "-m", "skysense.cli", sub, "--help"], capture_output=True, text=True
         )
         assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "base", "large", "huge"])
+def test_info_counts_equal_those_of_a_model_built_on_the_meta_device(preset):
+    import torch
+
+    from skysense.config import get_preset
+    from skysense.info import build_for_counting, parameter_counts
+    from skysense.models.skysense import build_model
+
+    with torch.device("meta"):
+        reference = build_model(get_preset(preset))
+    model = build_for_counting(get_preset(preset))
+    assert parameter_counts(model) == parameter_counts(reference)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
+    big = [p for p in model.parameters() if p.numel() >= 1 << 16]
+    assert all(p.is_meta for p in big)  # nothing large is allocated
+
+
+INFO_HUGE = """
+import sys
+from skysense.cli import main
+main(["info", "--preset", "huge"])
+print("DYNAMO", "torch._dynamo" in sys.modules)
+"""
+
+
+def test_info_does_not_import_dynamo():
+    out = subprocess.run([sys.executable, "-c", INFO_HUGE], capture_output=True, text=True, check=True).stdout
+    assert "vs the paper (huge)" in out and "DYNAMO False" in out
