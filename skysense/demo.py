@@ -122,9 +122,15 @@ def probe(root: Path, out_dir: Path, cfg: Any, per_class_train: int = 0) -> dict
         took = time.perf_counter() - t
         print(f"      {name}: test OA {100 * r.oa:.1f} % (C = {r.c:g}; {took:.0f} s)", flush=True)
     plot_bars(
-        {k: v.oa for k, v in results.items()} | {"chance": 1 / NUM_CLASSES},
+        {
+            f"pre-trained, {cfg.steps} steps": results["pre-trained"].oa,
+            "random init": results["random init"].oa,
+        }
+        | {"chance": 1 / NUM_CLASSES}
+        | {f"pre-trained, {REFERENCE['full_recipe_steps']} steps*": REFERENCE["full_recipe_pretrained"]}
+        | {"hand-crafted colour + LBP*": REFERENCE["handcrafted_colour_lbp"]},
         out_dir / "linear_probe_oa.png",
-        f"AID linear probe (test {len(splits['test'].ids)} scenes), after {cfg.steps} pre-training steps",
+        f"AID linear probe, {len(splits['test'].ids)} test scenes (* BENCHMARKS.md)",
     )
     cm = results["pre-trained"].confusion
     plot_confusion(cm, splits["train"].classes, out_dir / "confusion_pretrained.png")
