@@ -69,7 +69,7 @@ class Head:
     stride: int
     channels: int  # K, of the raw output
     bands: list[str]
-    normalise: Callable[[Tensor], Tensor]
+    normalise: dict[str, Callable[[Tensor], Tensor]]  # per modality (hr, s2, s1); bands on dim -3
     in_bands: int
     finish: Callable[[np.ndarray], np.ndarray] = lambda a: a
     inputs: tuple[str, ...] = ("hr",)
@@ -123,7 +123,12 @@ def encoder_head(
         assert meta.config.hr is not None
         width, stride = int(meta.config.hr.out_channels[i]), 4 * 2**i
     bands = [f"{level}_{k:04d}" for k in range(width)]
-    return Head(_wrap(fn, dev, precision), stride, width, bands, spec.normalise, len(spec.bands))
+    norms: dict[str, Callable[[Tensor], Tensor]] = {m: s.normalise for m, s in meta.modalities.items()}
+    if level == "fused" and any(m in meta.modalities for m in ("s2", "s1")):
+        inputs: tuple[str, ...] = ("hr", "s2", "s1")  # whichever a scene gives (the model takes any subset)
+    else:
+        inputs = ("hr",)
+    return Head(_wrap(fn, dev, precision), stride, width, bands, norms, len(spec.bands), inputs=inputs)
 
 
 def task_head(checkpoint: str | Path, tile: int, device: str = "cpu", precision: str = "auto") -> Head:
@@ -149,7 +154,7 @@ def task_head(checkpoint: str | Path, tile: int, device: str = "cpu", precision:
     def top(p: np.ndarray) -> np.ndarray:  # (K, h, w) probabilities -> class, confidence
         return np.stack([p.argmax(0).astype(np.float32), p.max(0)])
 
-    common: dict[str, Any] = {"normalise": spec.normalise, "in_bands": len(spec.bands)}
+    common: dict[str, Any] = {"normalise": {"hr": spec.normalise}, "in_bands": len(spec.bands)}
     if task == "segmentation":
         fn: Callable[[dict[str, Tensor]], Tensor] = lambda b: model(b)["logits"].softmax(1)  # noqa: E731
         return Head(_wrap(fn, dev, precision), 1, len(classes), ["class", "confidence"], finish=top, **common)
@@ -231,8 +236,9 @@ class Grid:
 class Scene:
     """The input rasters (one, or a before/after pair on one grid), read a window at a time."""
 
-    def __init__(self, paths: Sequence[str | Path], in_bands: int) -> None:
+    def __init__(self, paths: Sequence[str | Path], in_bands: int, keys: Sequence[str] = ("hr",)) -> None:
         self.paths = [Path(p) for p in paths]
+        self.keys = list(keys)[: len(self.paths)]
         self.ds = []
         for p in self.paths:
             if not p.is_file():
@@ -286,6 +292,13 @@ class Scene:
         invalid[:h, :w] = bad
         return x, invalid
 
+    def tile(self, row: int, col: int, size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """``{key: (C, size, size), key_invalid: (size, size)}`` and the invalid pixels (of any input)."""
+        reads = [self.read(i, row, col, size) for i in range(len(self.paths))]
+        invalid = np.any([inv for _, inv in reads], axis=0)
+        out = {k: x for k, (x, _) in zip(self.keys, reads)}
+        return out | {f"{k}_invalid": invalid for k in self.keys}, invalid
+
     def km2(self, rows: int | None = None) -> float:
         """Area of ``rows`` rows (default all) in km² (geographic CRSs: at the scene's mid latitude)."""
         t = self.transform
@@ -300,9 +313,7 @@ class Scene:
             d.close()
 
 
-def run_strip(
-    scene: Scene, head: Head, grid: Grid, s: int, carry: np.ndarray | None, batch: int
-) -> np.ndarray:
+def run_strip(scene: Any, head: Head, grid: Grid, s: int, carry: np.ndarray | None, batch: int) -> np.ndarray:
     """Blend strip ``s``'s tiles onto ``carry`` (the rows it shares with strip ``s - 1``).
 
     Returns (K + 2, rows, cols) sums: K weighted outputs, the weighted valid fraction, the weight."""
@@ -316,17 +327,16 @@ def run_strip(
     ry = grid.ramp(s > 0, s < grid.rows - 1)
     for j0 in range(0, grid.cols, batch):
         js = range(j0, min(j0 + batch, grid.cols))
-        reads = [
-            [scene.read(i, s * grid.step, j * grid.step, grid.tile) for j in js]
-            for i in range(len(head.inputs))
-        ]
-        sample = {
-            k: head.normalise(torch.from_numpy(np.stack([x for x, _ in rd])))
-            for k, rd in zip(head.inputs, reads)
-        }
-        invalid = torch.from_numpy(np.stack([np.any([rd[b][1] for rd in reads], 0) for b in range(len(js))]))
-        for k in head.inputs:
-            sample[k] = sample[k].masked_fill(invalid[:, None], 0.0)  # nodata -> 0 after normalising
+        tiles = [scene.tile(s * grid.step, j * grid.step, grid.tile) for j in js]
+        sample = {}
+        for key in (k for k in tiles[0][0] if not k.endswith("_invalid")):
+            x = torch.from_numpy(np.stack([t[0][key] for t in tiles]))
+            if key.endswith("_dates"):
+                sample[key] = x
+                continue
+            bad = torch.from_numpy(np.stack([t[0][f"{key}_invalid"] for t in tiles])).unsqueeze(-3)
+            sample[key] = head.normalise[key.split("_")[0]](x).masked_fill(bad, 0.0)  # nodata -> 0
+        invalid = torch.from_numpy(np.stack([t[1] for t in tiles]))
         out = head.run(sample).numpy()  # (B, K, n, n)
         valid = F.avg_pool2d((~invalid).float()[:, None], grid.stride).numpy()  # (B, 1, n, n)
         for b, j in enumerate(js):
@@ -347,7 +357,7 @@ def finish_rows(head: Head, acc: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- output files
-def _profile(scene: Scene, head: Head, grid: Grid, r0: int, r1: int) -> dict[str, Any]:
+def _profile(scene: Any, head: Head, grid: Grid, r0: int, r1: int) -> dict[str, Any]:
     """GeoTIFF profile of output rows [r0, r1): the input grid scaled by the stride."""
     from rasterio.transform import Affine
 
@@ -439,7 +449,7 @@ def _share(n: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def run_part(
-    scene: Scene, head: Head, grid: Grid, part: Path, strips: tuple[int, int], fingerprint: dict[str, Any],
+    scene: Any, head: Head, grid: Grid, part: Path, strips: tuple[int, int], fingerprint: dict[str, Any],
     tags: dict[str, Any], batch: int = 4, progress: bool = True, stop_after: int | None = None,
 ) -> int:  # fmt: skip
     """Strips [a, b) into ``part`` (resuming after the strips it records); returns the tiles computed.
@@ -526,11 +536,12 @@ def _barrier(world: int) -> None:
 
 
 def infer(
-    inputs: Sequence[str | Path], out: str | Path, head: Head, *, model_file: str | Path, tile: int = 512,
-    overlap: int = 64, batch: int = 4, progress: bool = True, overwrite: bool = False,
+    inputs: Sequence[str | Path] | Any, out: str | Path, head: Head, *, model_file: str | Path,
+    tile: int = 512, overlap: int = 64, batch: int = 4, progress: bool = True, overwrite: bool = False,
     settings: dict[str, Any] | None = None, stop_after: int | None = None,
 ) -> Summary:  # fmt: skip
-    """Run ``head`` over the scene ``inputs`` into the GeoTIFF ``out`` (see the module doc).
+    """Run ``head`` over the scene ``inputs`` (raster paths, or a scene such as
+    :class:`skysense.inference_stack.StackScene`) into the GeoTIFF ``out`` (see the module doc).
 
     Under torchrun every rank calls this with the same arguments and computes its share of the strips;
     rank 0 writes ``out``. An existing ``out`` is a finished run: returned at once unless ``overwrite``."""
@@ -540,7 +551,7 @@ def infer(
     if out.exists() and not overwrite:
         return Summary(0, 0.0, 0.0, peak_rss_mb(), out=f"{out} (already complete; --overwrite recomputes it)")
     rank, world, _ = _ranks()
-    scene = Scene(inputs, head.in_bands)
+    scene: Any = inputs if hasattr(inputs, "tile") else Scene(inputs, head.in_bands, head.inputs)
     try:
         grid = Grid(scene.height, scene.width, tile, 0 if head.fixed_tile else overlap, head.stride)
         settings = {**(settings or {}), "bands": head.bands}

@@ -44,7 +44,7 @@ def local_head(stride: int = 4) -> Head:
         cells = F.avg_pool2d(batch["hr"], stride)
         return F.avg_pool2d(cells, 3, stride=1, padding=1, count_include_pad=True)
 
-    return Head(run, stride, 3, ["r", "g", "b"], lambda x: x / 255.0, 3)
+    return Head(run, stride, 3, ["r", "g", "b"], {"hr": lambda x: x / 255.0}, 3)
 
 
 def read(path: Path) -> tuple[np.ndarray, dict]:
