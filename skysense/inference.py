@@ -109,11 +109,11 @@ def encoder_head(
         raise ValueError(f"--level {level!r}: use one of {', '.join(LEVELS)}")
     loaded, meta, _ = load_pretrained(weights, check_inputs=False, allow_missing=("geo",))
     model = typing.cast("SkySense", loaded)
-    if "hr" not in meta.modalities:
+    if level != "fused" and "hr" not in meta.modalities:
         raise ValueError(f"{weights}: these weights have no hr encoder (they take {list(meta.modalities)})")
     dev = torch.device(device)
     model.to(dev)
-    spec = meta.modalities["hr"]
+    in_bands = len(meta.modalities["hr"].bands) if "hr" in meta.modalities else 0
     if level == "fused":
         fn: Callable[[dict[str, Tensor]], Tensor] = lambda b: model(b)["fused"]  # noqa: E731
         width, stride = int(model.out_dim), MODEL_STRIDE
@@ -128,7 +128,7 @@ def encoder_head(
         inputs: tuple[str, ...] = ("hr", "s2", "s1")  # whichever a scene gives (the model takes any subset)
     else:
         inputs = ("hr",)
-    return Head(_wrap(fn, dev, precision), stride, width, bands, norms, len(spec.bands), inputs=inputs)
+    return Head(_wrap(fn, dev, precision), stride, width, bands, norms, in_bands, inputs=inputs)
 
 
 def task_head(checkpoint: str | Path, tile: int, device: str = "cpu", precision: str = "auto") -> Head:

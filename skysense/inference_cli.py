@@ -44,13 +44,29 @@ def _finish(summary: object, png: Path | None = None) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from skysense.checkpoint import read_meta
     from skysense.inference import encoder_head, infer
 
     head = encoder_head(args.weights, args.level, _device(args.device), args.precision)
     settings = {"level": args.level, "precision": args.precision}
+    scene: object = [args.input]
+    stacks = {m: getattr(args, m) for m in ("s2", "s1") if getattr(args, m)}
+    if stacks:
+        from skysense.inference_stack import StackScene
+
+        if args.level != "fused":
+            raise ValueError("--s2/--s1 stacks give the fused map: drop --level (or use it with hr alone)")
+        bands = {m: len(spec.bands) for m, spec in read_meta(args.weights).modalities.items()}
+        scene = StackScene(args.input, stacks, bands)
+        if not args.input:  # the fused map on the first stack's grid: one cell per pixel
+            head = dataclasses.replace(head, stride=1)
+    elif not args.input:
+        raise ValueError("give an hr GeoTIFF and/or --s2/--s1 stack folders")
     return _finish(
         infer(
-            args.inputs, args.out, head, model_file=args.weights, tile=args.tile, overlap=args.overlap,
+            scene, args.out, head, model_file=args.weights, tile=args.tile, overlap=args.overlap,
             batch=args.batch_size, progress=not args.quiet, overwrite=args.overwrite, settings=settings,
         )
     )  # fmt: skip
@@ -92,9 +108,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="encoder features of a GeoTIFF scene of any size, tiled and georeferenced (resumable)",
         description="Write the fused map (stride 32) or an hr pyramid level as a float32 GeoTIFF on the "
         "input grid scaled by the stride, one band per channel plus 'valid' (fraction of valid input "
-        "pixels). " + TILING_HELP,
+        "pixels). With --s2/--s1 stacks (any CRS and grid) the inputs are aligned onto the hr grid (or the "
+        "first stack's) where all of them overlap. " + TILING_HELP,
     )
-    p.add_argument("inputs", nargs=1, metavar="INPUT", help="an hr GeoTIFF (bands as the weights expect)")
+    p.add_argument("input", nargs="?", metavar="INPUT", help="an hr GeoTIFF (bands as the weights expect)")
+    for m, sensor in (("s2", "Sentinel-2"), ("s1", "Sentinel-1, dB")):
+        p.add_argument(
+            f"--{m}", metavar="FOLDER", help=f"{sensor} stack: one GeoTIFF per date, the date in its name"
+        )
     p.add_argument("--weights", required=True, help="encoder .safetensors (skysense convert / export)")
     p.add_argument("--level", default="fused", choices=("fused", "hr1", "hr2", "hr3", "hr4"))
     _common(p)

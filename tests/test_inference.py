@@ -290,3 +290,105 @@ def test_predict_change_takes_a_before_after_pair_on_one_grid(tmp_path):
     shifted = write_scene(tmp_path / "s.tif", 64, 64, transform=ORIGIN @ Affine.translation(3, 0))
     with pytest.raises(ValueError, match="differs from"):
         infer([before, shifted], tmp_path / "d.tif", head, model_file=ckpt, progress=False)
+
+
+# ----------------------------------------------------------------------------- multi-modal stacks
+def write_stack(
+    folder: Path, crs: str, transform: Affine, h: int, w: int, bands: int, dates: list[str]
+) -> Path:
+    """One float32 GeoTIFF per date named ``<date>.tif``: smooth values around 1000 (DN-like)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = np.random.default_rng(1)
+    for d in dates:
+        x = 1000 + 100 * gen.standard_normal((bands, h, w)).astype(np.float32)
+        profile = {"driver": "GTiff", "height": h, "width": w, "count": bands, "dtype": "float32"}
+        with rasterio.open(folder / f"{d}.tif", "w", crs=crs, transform=transform, **profile) as dst:
+            dst.write(x)
+    return folder
+
+
+def _wgs84_stack(tmp_path: Path, hr_px: int, marker: tuple[float, float] | None = None) -> Path:
+    """An s2 stack in EPSG:4326 with ~10 m pixels over the hr scene at ORIGIN (and beyond it)."""
+    from rasterio.warp import transform_bounds
+
+    size_m = hr_px * 0.5
+    left, bottom, right, top = transform_bounds(
+        "EPSG:32633",
+        "EPSG:4326",
+        500_000 - 50,
+        4_200_000 - size_m - 50,
+        500_000 + size_m + 50,
+        4_200_000 + 50,
+    )
+    res = 1e-4  # degrees: ~11 m north-south, ~9 m east-west here
+    h, w = int((top - bottom) / res) + 1, int((right - left) / res) + 1
+    folder = write_stack(
+        tmp_path / "s2", "EPSG:4326", from_origin(left, top, res, res), h, w, 10, ["2021-06-14", "20210720"]
+    )
+    if marker is not None:
+        for f in folder.iterdir():
+            with rasterio.open(f, "r+") as d:
+                r, c = d.index(*marker)
+                d.write(np.full((10, 1, 1), 9000, np.float32), window=((r, r + 1), (c, c + 1)))
+    return folder
+
+
+def test_stack_on_another_crs_lands_on_the_same_cell(tmp_path):
+    from rasterio.warp import transform as warp_points
+
+    from skysense.inference_stack import StackScene
+
+    hr = write_scene(tmp_path / "hr.tif", 256, 256)
+    x, y = 500_000 + 40.0, 4_200_000 - 88.0  # a known point: hr pixel (176, 80)
+    lon, lat = (v[0] for v in warp_points("EPSG:32633", "EPSG:4326", [x], [y]))
+    stack = _wgs84_stack(tmp_path, 256, marker=(lon, lat))
+    scene = StackScene(hr, {"s2": stack}, {"hr": 3, "s2": 10})
+    try:
+        assert (scene.height, scene.width) == (256, 256) and scene.transform == ORIGIN  # s2 covers all of hr
+        assert scene.k["s2"] == 16  # ~9 m over 0.5 m: read at 8 m
+        sample, invalid = scene.tile(0, 0, 256)
+        assert sample["s2"].shape == (2, 10, 16, 16) and not invalid.any()
+        assert sample["s2_dates"].tolist() == [18792, 18828]  # 2021-06-14, 2021-07-20 in days since 1970
+        for t in range(2):
+            r, c = np.unravel_index(sample["s2"][t, 0].argmax(), (16, 16))
+            assert abs(r - 176 // 16) <= 1 and abs(c - 80 // 16) <= 1  # bilinear spreads it over a cell
+    finally:
+        scene.close()
+
+
+def test_stack_errors_name_the_problem(tmp_path):
+    from skysense.inference_stack import StackScene
+
+    hr = write_scene(tmp_path / "hr.tif", 64, 64)
+    far = write_stack(
+        tmp_path / "far", "EPSG:32633", from_origin(600_000, 4_100_000, 10, 10), 8, 8, 10, ["20200101"]
+    )
+    with pytest.raises(ValueError, match="do not overlap"):
+        StackScene(hr, {"s2": far}, {"hr": 3, "s2": 10})
+    undated = write_stack(tmp_path / "undated", "EPSG:32633", ORIGIN, 8, 8, 10, ["20200101"])
+    (undated / "20200101.tif").rename(undated / "s2_june.tif")
+    with pytest.raises(ValueError, match="s2_june.tif: no date in the file name"):
+        StackScene(hr, {"s2": undated}, {"hr": 3, "s2": 10})
+    wrong = write_stack(tmp_path / "wrong", "EPSG:32633", ORIGIN, 8, 8, 4, ["20200101"])
+    with pytest.raises(ValueError, match="4 band.*take 10 s2 bands"):
+        StackScene(hr, {"s2": wrong}, {"hr": 3, "s2": 10})
+
+
+@pytest.mark.slow
+def test_embed_hr_with_an_s2_stack_on_another_crs(tmp_path):
+    from skysense.cli import main
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    weights = save_pretrained(model, tmp_path / "mm.safetensors", default_meta(model.cfg))
+    hr = write_scene(tmp_path / "hr.tif", 128, 96)
+    stack = _wgs84_stack(tmp_path, 128)
+    out = tmp_path / "mm.tif"
+    argv = ["embed", str(hr), "--s2", str(stack), "--weights", str(weights), "--out", str(out)]
+    assert (
+        main([*argv, "--tile", "64", "--overlap", "32", "--quiet", "--device", "cpu", "--precision", "fp32"])
+        == 0
+    )
+    got, meta = read(out)
+    assert got.shape == (model.out_dim + 1, 4, 3) and meta["transform"] == ORIGIN @ Affine.scale(32)
+    assert np.isfinite(got).all() and (got[-1] == 1).all()

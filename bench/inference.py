@@ -1,0 +1,138 @@
+"""Large-scene inference (``skysense embed``): km²/s and peak RSS on hr scenes of 1k and 8k pixels a side.
+
+The scenes are mosaics of the real raster ``rasters/RGB.byte.tif`` of the shared data (flipped copies,
+so tiles differ), written block by block into a temporary GeoTIFF with 0.5 m pixels. Each (preset,
+precision, size) runs in its own process, so its peak RSS is its own. The encoder's batch throughput
+on the same tiles (the model alone on random batches of the same size, no I/O, no blending) gives
+``overhead = 1 - encoder seconds / pipeline seconds`` for the same number of tiles. Targets (the
+issue): peak RSS at 8k at most 1.2x that at 1k; the pipeline within 10 % of the encoder.
+
+    .venv/bin/python -m bench.inference [--sizes 1024 8192] [--presets tiny] [--precisions fp32 bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` finds `bench`
+from bench.common import THREADS, data_folder, machine, save, setup, table  # noqa: E402
+
+
+def mosaic(out: Path, size: int) -> Path:
+    """A ``size`` x ``size`` 3-band uint8 GeoTIFF tiled with flipped copies of RGB.byte.tif."""
+    with rasterio.open(data_folder("rasters") / "RGB.byte.tif") as src:
+        base = src.read()  # (3, 718, 791), 0 = nodata at its borders
+    bh, bw = base.shape[1:]
+    profile = {"driver": "GTiff", "height": size, "width": size, "count": 3, "dtype": "uint8"}
+    profile |= {"crs": "EPSG:32618", "transform": from_origin(300_000.0, 4_500_000.0, 0.5, 0.5)}
+    profile |= {"tiled": True, "blockxsize": 256, "blockysize": 256, "nodata": 0}
+    with rasterio.open(out, "w", **profile) as dst:
+        for y in range(0, size, bh):
+            row = np.concatenate(
+                [base[:, :, :: (-1) ** (i + y // bh)] for i in range(-(-size // bw))], axis=2
+            )[:, :, :size]
+            row = row[:, :: (-1) ** (y // bh)]
+            h = min(bh, size - y)
+            dst.write(row[:, :h], window=Window(0, y, size, h))
+    return out
+
+
+def one(args: argparse.Namespace) -> dict[str, object]:
+    """One run in this process: the pipeline, then the encoder alone on as many tiles."""
+    from skysense.checkpoint import default_meta, save_pretrained
+    from skysense.inference import Grid, encoder_head, infer
+    from skysense.models.skysense import build_model
+
+    setup(THREADS)
+    tmp = Path(args.tmp)
+    weights = tmp / f"{args.preset}.safetensors"
+    if not weights.exists():
+        model = build_model(args.preset, s2=None, s1=None)
+        save_pretrained(model, weights, default_meta(model.cfg))
+    scene = tmp / f"scene{args.size}.tif"
+    head = encoder_head(weights, "fused", "cpu", args.precision)
+    out = tmp / f"out_{args.preset}_{args.precision}_{args.size}.tif"
+    out.unlink(missing_ok=True)
+    s = infer([scene], out, head, model_file=weights, tile=args.tile, overlap=args.overlap, batch=args.batch)
+    grid = Grid(args.size, args.size, args.tile, args.overlap, 32)
+    x = torch.randn(args.batch, 3, args.tile, args.tile)
+    head.run({"hr": x})  # warm-up
+    reps = max(1, s.tiles // args.batch) if args.size <= 1024 else max(2, min(12, s.tiles // args.batch))
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        head.run({"hr": x})
+    enc_per_tile = (time.perf_counter() - t0) / (reps * args.batch)
+    return {
+        "preset": args.preset, "precision": args.precision, "size": args.size, "tiles": s.tiles,
+        "grid": f"{grid.rows}x{grid.cols}", "km2": s.km2, "seconds": s.seconds, "km2_per_s": s.km2_per_s,
+        "peak_rss_mb": s.peak_rss_mb, "encoder_s_per_tile": enc_per_tile,
+        "pipeline_s_per_tile": s.seconds / s.tiles,
+        "overhead": 1 - enc_per_tile * s.tiles / s.seconds,
+    }  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 8192])
+    p.add_argument("--presets", nargs="+", default=["tiny"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--tmp", default="", help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--preset", default="", help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(one(args)))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            mosaic(Path(tmp) / f"scene{size}.tif", size)
+        for preset in args.presets:
+            for precision in args.precisions:
+                for size in args.sizes:
+                    common = [
+                        "--tile",
+                        str(args.tile),
+                        "--overlap",
+                        str(args.overlap),
+                        "--batch",
+                        str(args.batch),
+                    ]
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "bench.inference",
+                        "--one",
+                        "--tmp",
+                        tmp,
+                        "--size",
+                        str(size),
+                    ]
+                    cmd += ["--preset", preset, "--precision", precision, *common]
+                    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+                    print(table(rows[-1:], list(rows[-1])), flush=True)
+    cols = ["preset", "precision", "size", "tiles", "km2_per_s", "peak_rss_mb", "overhead"]
+    print(table(rows, cols))
+    save("inference.json", {"machine": machine(), "tile": args.tile, "overlap": args.overlap, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
