@@ -47,8 +47,9 @@ def test_multimodal_step_on_the_real_chip():
 
     mm = multimodal(data_root())
     assert (mm["s2_date"], mm["s1_date"]) == ("2019-09-18", "2019-09-17")
-    assert mm["fused_shape"] == [64, 48, 64, 64]  # 8 x 8 tiles of 64 px, tiny fused width 32 + 16
-    assert mm["_mosaic"].shape == (48, 512, 512) and mm["_sample"]["label"].shape == (512, 512)
+    assert mm["fused_shape"] == [16, 48, 64, 64]  # 4 x 4 tiles of 64 px, tiny fused width 32 + 16
+    assert mm["_mosaic"].shape == (48, 256, 256) and mm["_sample"]["label"].shape == (256, 256)
+    assert mm["_sample"]["rgb"].shape == (256, 256, 3) and mm["_sample"]["s1"].shape[-2:] == (256, 256)
     assert set(np.unique(mm["_sample"]["label"])) <= {-1, 0, 1}
 
 
