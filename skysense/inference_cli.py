@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from skysense.cli import COMMANDS
+
 TILING_HELP = (
     "Tiles overlap by --overlap pixels and are blended with linear ramps; a killed run resumes where it "
     "stopped when the same command is run again (OUT appears only when complete). Under `torchrun "
@@ -105,7 +107,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "embed",
-        help="encoder features of a GeoTIFF scene of any size, tiled and georeferenced (resumable)",
+        help=COMMANDS["embed"][1],
         description="Write the fused map (stride 32) or an hr pyramid level as a float32 GeoTIFF on the "
         "input grid scaled by the stride, one band per channel plus 'valid' (fraction of valid input "
         "pixels). With --s2/--s1 stacks (any CRS and grid) the inputs are aligned onto the hr grid (or the "
@@ -122,7 +124,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_embed)
     p = sub.add_parser(
         "predict",
-        help="a fine-tuned checkpoint over GeoTIFF scenes: class/change maps, tile scores; a quick-look PNG",
+        help=COMMANDS["predict"][1],
         description="Segmentation: bands class, confidence; change (two inputs, before and after, on one "
         "grid): change, probability; scene classification: class, confidence and one score per class "
         "for each tile (one cell per --tile pixels). A PNG of band 1 is written beside OUT. " + TILING_HELP,
