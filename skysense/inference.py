@@ -28,10 +28,8 @@ output grid is the input grid scaled by the stride (``transform * scale(f)``); t
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import resource
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -43,11 +41,20 @@ import numpy as np
 import rasterio
 import torch
 import torch.nn.functional as F
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 from torch import Tensor
 
-from skysense.files import atomic_write
+from skysense.inference_files import (
+    Summary,
+    describe,
+    fingerprint_of,
+    merge,
+    peak_rss_mb,
+    profile_of,
+    record,
+    strips_done,
+)
 
 if typing.TYPE_CHECKING:
     from skysense.models.skysense import SkySense
@@ -356,93 +363,6 @@ def finish_rows(head: Head, acc: np.ndarray) -> np.ndarray:
     return np.concatenate([bands, valid[None]]).astype(np.float32)
 
 
-# ----------------------------------------------------------------------------- output files
-def _profile(scene: Any, head: Head, grid: Grid, r0: int, r1: int) -> dict[str, Any]:
-    """GeoTIFF profile of output rows [r0, r1): the input grid scaled by the stride."""
-    from rasterio.transform import Affine
-
-    h, w = r1 - r0, grid.out_shape[1]
-    big = h >= 256 and w >= 256
-    return {
-        "driver": "GTiff",
-        "dtype": "float32",
-        "count": len(head.bands) + 1,
-        "height": h,
-        "width": w,
-        "crs": scene.crs,
-        "transform": scene.transform @ Affine.scale(grid.stride) @ Affine.translation(0, r0),
-        "nodata": float("nan"),
-        **({"tiled": True, "blockxsize": 256, "blockysize": 256} if big else {}),
-    }
-
-
-def _describe(dst: Any, head: Head, tags: dict[str, Any]) -> None:
-    for i, name in enumerate([*head.bands, "valid"], start=1):
-        dst.set_band_description(i, name)
-    dst.update_tags(**{k: str(v) for k, v in tags.items()})
-
-
-def _fingerprint(paths: Sequence[Path], model: str, grid: Grid, settings: dict[str, Any]) -> dict[str, Any]:
-    """What makes two runs the same run: inputs (path, size, mtime), model file, tiling, settings."""
-    files = [str(p) for p in [*paths, Path(model)]]
-    stats = [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
-    return {
-        "files": stats,
-        "grid": [grid.height, grid.width, grid.tile, grid.overlap, grid.stride],
-        **settings,
-    }
-
-
-def _progress(part: Path, fingerprint: dict[str, Any]) -> int:
-    """Strips already written to ``part`` (0 for a fresh part); a mismatching record is an error."""
-    record = Path(f"{part}.json")
-    if not part.exists() or not record.exists():
-        return 0
-    data = json.loads(record.read_text())
-    if data["fingerprint"] != fingerprint:
-        raise ValueError(
-            f"{part} holds an unfinished run with other inputs or settings: rerun that command to finish "
-            f"it, or delete {part} and {record} to start anew"
-        )
-    return int(data["strips_done"])
-
-
-def _record(part: Path, fingerprint: dict[str, Any], done: int) -> None:
-    text = json.dumps({"fingerprint": fingerprint, "strips_done": done})
-
-    def write(tmp: Path) -> None:
-        tmp.write_text(text)
-
-    atomic_write(f"{part}.json", write)
-
-
-@dataclass
-class Summary:
-    """What a run did: tiles computed (resumed ones not), area, time, throughput, peak memory."""
-
-    tiles: int
-    km2: float
-    seconds: float
-    peak_rss_mb: float
-    peak_gpu_mb: float = 0.0
-    out: str = ""
-
-    @property
-    def km2_per_s(self) -> float:
-        return self.km2 / self.seconds if self.seconds > 0 else 0.0
-
-    def line(self) -> str:
-        gpu = f", peak GPU memory {self.peak_gpu_mb:.0f} MB" if self.peak_gpu_mb else ""
-        return (
-            f"{self.out}: {self.tiles} tiles, {self.km2:.3f} km² in {self.seconds:.1f} s = "
-            f"{self.km2_per_s:.4f} km²/s, peak RSS {self.peak_rss_mb:.0f} MB{gpu}"
-        )
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
-
-
 def _share(n: int, rank: int, world: int) -> tuple[int, int]:
     """Contiguous strips [a, b) of ``rank``: every rank's part is a band of whole output rows."""
     return rank * n // world, (rank + 1) * n // world
@@ -459,10 +379,10 @@ def run_part(
 
     a, b = strips
     r_start, r_end = grid.final_rows(a)[0], grid.final_rows(b - 1)[1] if b > a else grid.final_rows(a)[0]
-    done = _progress(part, fingerprint)
+    done = strips_done(part, fingerprint)
     if done == 0 and b > a:
-        with rasterio.open(part, "w", **_profile(scene, head, grid, r_start, r_end)) as dst:
-            _describe(dst, head, tags)
+        with rasterio.open(part, "w", **profile_of(scene, head, grid, r_start, r_end)) as dst:
+            describe(dst, head, tags)
     if a + done >= b:
         return 0
     bar = tqdm(total=(b - a) * grid.cols, initial=done * grid.cols, unit="tile", disable=not progress)
@@ -477,7 +397,7 @@ def run_part(
         with rasterio.open(part, "r+") as dst:
             rows = finish_rows(head, acc[:, : f1 - f0])
             dst.write(rows, window=Window(0, f0 - r_start, rows.shape[2], rows.shape[1]))
-        _record(part, fingerprint, s + 1 - a)
+        record(part, fingerprint, s + 1 - a)
         km2 = scene.km2(min(grid.height - a * grid.step, (s + 1 - a) * grid.step))
         bar.update(grid.cols)
         bar.set_postfix_str(f"{km2:.2f} km², {tiles / (time.perf_counter() - t0):.2f} tiles/s")
@@ -485,34 +405,6 @@ def run_part(
             raise KeyboardInterrupt(f"stopped after {stop_after} strip(s)")
     bar.close()
     return tiles
-
-
-def _merge(parts: Sequence[Path], out: Path) -> None:
-    """Copy the parts (bands of rows, in order) into ``out`` through ``out.partial``."""
-    partial = out.with_name(out.name + ".partial")
-    with rasterio.open(parts[0]) as first:
-        skip = ("tiled", "blockxsize", "blockysize", "interleave", "compress")
-        profile = {k: v for k, v in first.profile.items() if k not in skip}
-        tags, descriptions = first.tags(), first.descriptions
-    heights = []
-    for p in parts:
-        with rasterio.open(p) as src:
-            heights.append(src.height)
-    profile["height"] = sum(heights)
-    if profile["height"] >= 256 and profile["width"] >= 256:  # as _profile lays out a single part
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    with rasterio.open(partial, "w", **profile) as dst:
-        dst.update_tags(**tags)
-        for i, d in enumerate(descriptions, start=1):
-            dst.set_band_description(i, d)
-        row = 0
-        for p, h in zip(parts, heights):
-            with rasterio.open(p) as src:
-                for y in range(0, h, 256):
-                    win = Window(0, y, src.width, min(256, h - y))
-                    dst.write(src.read(window=win), window=Window(0, row + y, src.width, win.height))
-            row += h
-    os.replace(partial, out)
 
 
 def _ranks() -> tuple[int, int, int]:
@@ -550,12 +442,15 @@ def infer(
         raise FileNotFoundError(f"{out.parent}: the output folder does not exist: create it first")
     if out.exists() and not overwrite:
         return Summary(0, 0.0, 0.0, peak_rss_mb(), out=f"{out} (already complete; --overwrite recomputes it)")
+    # GDAL caches the blocks it reads, by default up to 5 % of RAM: bound it, so memory does not grow
+    # with the scene (GDAL reads the setting before its first block read)
+    os.environ.setdefault("GDAL_CACHEMAX", "64")
     rank, world, _ = _ranks()
     scene: Any = inputs if hasattr(inputs, "tile") else Scene(inputs, head.in_bands, head.inputs)
     try:
         grid = Grid(scene.height, scene.width, tile, 0 if head.fixed_tile else overlap, head.stride)
         settings = {**(settings or {}), "bands": head.bands}
-        fp = _fingerprint(scene.paths, str(model_file), grid, settings)
+        fp = fingerprint_of(scene.paths, str(model_file), grid, settings)
         tags = {
             **{k: v for k, v in settings.items() if k != "bands"},
             "inputs": ",".join(str(p) for p in scene.paths),
@@ -580,7 +475,7 @@ def infer(
             if len(parts) == 1:
                 os.replace(parts[0][0], out)
             else:
-                _merge([p for p, _ in parts], out)
+                merge([p for p, _ in parts], out)
             for p, _ in parts:
                 p.unlink(missing_ok=True)
                 Path(f"{p}.json").unlink(missing_ok=True)
@@ -591,26 +486,3 @@ def infer(
         return Summary(tiles, km2, seconds, peak_rss_mb(), gpu, str(out))
     finally:
         scene.close()
-
-
-def quicklook(tif: str | Path, png: str | Path, max_side: int = 1024) -> Path:
-    """A PNG of band 1 of ``tif`` (a class map in tab20 colours, a probability or change map in grey),
-    read at most ``max_side`` pixels a side; nodata is white."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with rasterio.open(tif) as src:
-        k = max(1, math.ceil(max(src.height, src.width) / max_side))
-        band = src.read(
-            1, out_shape=(max(1, src.height // k), max(1, src.width // k)), resampling=Resampling.nearest
-        )
-        name = src.descriptions[0] or ""
-    cmap = plt.get_cmap("tab20" if name == "class" else "gray").with_extremes(bad="white")
-    vmax = 19 if name == "class" else max(1.0, float(np.nanmax(band)) if np.isfinite(band).any() else 1.0)
-
-    def write(tmp: Path) -> None:
-        plt.imsave(tmp, np.ma.masked_invalid(band), cmap=cmap, vmin=0, vmax=vmax, format="png")
-
-    return atomic_write(png, write)

@@ -31,7 +31,7 @@ def _device(name: str) -> str:
 def _finish(summary: object, png: Path | None = None) -> int:
     import torch.distributed as dist
 
-    from skysense.inference import Summary, quicklook
+    from skysense.inference_files import Summary, quicklook
 
     assert isinstance(summary, Summary)
     rank = dist.get_rank() if dist.is_initialized() else 0
