@@ -113,6 +113,7 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--name", default="inference.json", help="results file under bench/results")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tmp", default="", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
@@ -153,7 +154,7 @@ def main() -> None:
                     print(table(rows[-1:], list(rows[-1])), flush=True)
     cols = ["preset", "precision", "size", "tiles", "km2_per_s", "peak_rss_mb", "overhead", "seam_mean_rel"]
     print(table(rows, cols))
-    save("inference.json", {"machine": machine(), "tile": args.tile, "overlap": args.overlap, "rows": rows})
+    save(args.name, {"machine": machine(), "tile": args.tile, "overlap": args.overlap, "rows": rows})
 
 
 if __name__ == "__main__":

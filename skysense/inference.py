@@ -240,6 +240,15 @@ class Grid:
         return r
 
 
+def lonlat(crs: Any, transform: Any, row: int, col: int, size: int) -> dict[str, np.ndarray]:
+    """``lat``/``lon`` (degrees, 0-d) of a tile's centre: the geo-context region of the fused map."""
+    from rasterio.warp import transform as warp_points
+
+    x, y = transform @ (col + size / 2, row + size / 2)
+    lon, lat = warp_points(crs, "EPSG:4326", [x], [y])
+    return {"lat": np.asarray(lat[0], np.float32), "lon": np.asarray(lon[0], np.float32)}
+
+
 class Scene:
     """The input rasters (one, or a before/after pair on one grid), read a window at a time."""
 
@@ -303,7 +312,7 @@ class Scene:
         """``{key: (C, size, size), key_invalid: (size, size)}`` and the invalid pixels (of any input)."""
         reads = [self.read(i, row, col, size) for i in range(len(self.paths))]
         invalid = np.any([inv for _, inv in reads], axis=0)
-        out = {k: x for k, (x, _) in zip(self.keys, reads)}
+        out = {k: x for k, (x, _) in zip(self.keys, reads)} | lonlat(self.crs, self.transform, row, col, size)
         return out | {f"{k}_invalid": invalid for k in self.keys}, invalid
 
     def km2(self, rows: int | None = None) -> float:
@@ -311,7 +320,7 @@ class Scene:
         t = self.transform
         area = abs(t.a * t.e - t.b * t.d)
         if self.crs.is_geographic:
-            lat = (t * (self.width / 2, self.height / 2))[1]
+            lat = (t @ (self.width / 2, self.height / 2))[1]
             area *= 111.32e3**2 * math.cos(math.radians(lat))
         return area * (self.height if rows is None else rows) * self.width / 1e6
 
@@ -338,7 +347,7 @@ def run_strip(scene: Any, head: Head, grid: Grid, s: int, carry: np.ndarray | No
         sample = {}
         for key in (k for k in tiles[0][0] if not k.endswith("_invalid")):
             x = torch.from_numpy(np.stack([t[0][key] for t in tiles]))
-            if key.endswith("_dates"):
+            if key.endswith("_dates") or key in ("lat", "lon"):
                 sample[key] = x
                 continue
             bad = torch.from_numpy(np.stack([t[0][f"{key}_invalid"] for t in tiles])).unsqueeze(-3)
