@@ -240,13 +240,16 @@ class Grid:
         return r
 
 
-def lonlat(crs: Any, transform: Any, row: int, col: int, size: int) -> dict[str, np.ndarray]:
-    """``lat``/``lon`` (degrees, 0-d) of a tile's centre: the geo-context region of the fused map."""
+def lonlat(
+    crs: Any, transform: Any, rows: Sequence[int], cols: Sequence[int], size: int
+) -> dict[str, Tensor]:
+    """``lat``/``lon`` (B,) degrees of the tiles' centres (one warp call for the batch): the
+    geo-context region of the fused map."""
     from rasterio.warp import transform as warp_points
 
-    x, y = transform @ (col + size / 2, row + size / 2)
-    lon, lat = warp_points(crs, "EPSG:4326", [x], [y])
-    return {"lat": np.asarray(lat[0], np.float32), "lon": np.asarray(lon[0], np.float32)}
+    xs, ys = zip(*[transform @ (c + size / 2, r + size / 2) for r, c in zip(rows, cols)])
+    lon, lat = warp_points(crs, "EPSG:4326", list(xs), list(ys))
+    return {"lat": torch.tensor(lat, dtype=torch.float32), "lon": torch.tensor(lon, dtype=torch.float32)}
 
 
 class Scene:
@@ -312,7 +315,7 @@ class Scene:
         """``{key: (C, size, size), key_invalid: (size, size)}`` and the invalid pixels (of any input)."""
         reads = [self.read(i, row, col, size) for i in range(len(self.paths))]
         invalid = np.any([inv for _, inv in reads], axis=0)
-        out = {k: x for k, (x, _) in zip(self.keys, reads)} | lonlat(self.crs, self.transform, row, col, size)
+        out = {k: x for k, (x, _) in zip(self.keys, reads)}
         return out | {f"{k}_invalid": invalid for k in self.keys}, invalid
 
     def km2(self, rows: int | None = None) -> float:
@@ -347,12 +350,15 @@ def run_strip(scene: Any, head: Head, grid: Grid, s: int, carry: np.ndarray | No
         sample = {}
         for key in (k for k in tiles[0][0] if not k.endswith("_invalid")):
             x = torch.from_numpy(np.stack([t[0][key] for t in tiles]))
-            if key.endswith("_dates") or key in ("lat", "lon"):
+            if key.endswith("_dates"):
                 sample[key] = x
                 continue
             bad = torch.from_numpy(np.stack([t[0][f"{key}_invalid"] for t in tiles])).unsqueeze(-3)
             sample[key] = head.normalise[key.split("_")[0]](x).masked_fill(bad, 0.0)  # nodata -> 0
         invalid = torch.from_numpy(np.stack([t[1] for t in tiles]))
+        sample |= lonlat(
+            scene.crs, scene.transform, [s * grid.step] * len(js), [j * grid.step for j in js], grid.tile
+        )
         out = head.run(sample).numpy()  # (B, K, n, n)
         valid = F.avg_pool2d((~invalid).float()[:, None], grid.stride).numpy()  # (B, 1, n, n)
         for b, j in enumerate(js):

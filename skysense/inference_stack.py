@@ -28,7 +28,7 @@ from rasterio.windows import Window, from_bounds
 
 from skysense.data.readers import parse_date
 from skysense.dates import to_days
-from skysense.inference import Scene, lonlat
+from skysense.inference import Scene
 
 SERIES = ("s2", "s1")
 
@@ -142,7 +142,7 @@ class StackScene:
     def tile(self, row: int, col: int, size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The sample of the tile at (``row``, ``col``) of the output grid: ``hr`` (C, size, size) and
         ``s2``/``s1`` (T, C, n, n) with ``*_invalid`` and ``*_dates``; and the reference's invalid pixels."""
-        out: dict[str, np.ndarray] = lonlat(self.crs, self.transform, row, col, size)
+        out: dict[str, np.ndarray] = {}
         if self.hr is not None:
             x, inv = self.hr.read(0, row + int(self.window.row_off), col + int(self.window.col_off), size)
             inv[max(0, self.height - row) :] = True  # beyond the common window
