@@ -26,7 +26,8 @@ import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` finds `bench`
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `python bench/X.py` finds `bench`
 from bench.common import THREADS, data_folder, machine, save, setup, table  # noqa: E402
 
 
@@ -149,7 +150,7 @@ def main() -> None:
                         str(size),
                     ]
                     cmd += ["--preset", preset, "--precision", precision, *common]
-                    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    res = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
                     rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
                     print(table(rows[-1:], list(rows[-1])), flush=True)
     cols = ["preset", "precision", "size", "tiles", "km2_per_s", "peak_rss_mb", "overhead", "seam_mean_rel"]
