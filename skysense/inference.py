@@ -48,8 +48,8 @@ from torch import Tensor
 from skysense.inference_files import (
     Summary,
     describe,
+    finalise,
     fingerprint_of,
-    merge,
     peak_rss_mb,
     profile_of,
     record,
@@ -445,13 +445,14 @@ def _barrier(world: int) -> None:
 def infer(
     inputs: Sequence[str | Path] | Any, out: str | Path, head: Head, *, model_file: str | Path,
     tile: int = 512, overlap: int = 64, batch: int = 4, progress: bool = True, overwrite: bool = False,
-    settings: dict[str, Any] | None = None, stop_after: int | None = None,
+    settings: dict[str, Any] | None = None, stop_after: int | None = None, cog: bool = False,
 ) -> Summary:  # fmt: skip
     """Run ``head`` over the scene ``inputs`` (raster paths, or a scene such as
     :class:`skysense.inference_stack.StackScene`) into the GeoTIFF ``out`` (see the module doc).
 
     Under torchrun every rank calls this with the same arguments and computes its share of the strips;
-    rank 0 writes ``out``. An existing ``out`` is a finished run: returned at once unless ``overwrite``."""
+    rank 0 writes ``out`` (``cog``: as a Cloud-Optimised GeoTIFF). An existing ``out`` is a finished run:
+    returned at once unless ``overwrite``."""
     out = Path(out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent}: the output folder does not exist: create it first")
@@ -487,10 +488,7 @@ def infer(
             )
         _barrier(world)
         if rank == 0:
-            if len(parts) == 1:
-                os.replace(parts[0][0], out)
-            else:
-                merge([p for p, _ in parts], out)
+            finalise([p for p, _ in parts], out, cog)
             for p, _ in parts:
                 p.unlink(missing_ok=True)
                 Path(f"{p}.json").unlink(missing_ok=True)

@@ -70,6 +70,7 @@ def _embed(args: argparse.Namespace) -> int:
         infer(
             scene, args.out, head, model_file=args.weights, tile=args.tile, overlap=args.overlap,
             batch=args.batch_size, progress=not args.quiet, overwrite=args.overwrite, settings=settings,
+            cog=args.cog,
         )
     )  # fmt: skip
 
@@ -87,7 +88,7 @@ def _predict(args: argparse.Namespace) -> int:
     summary = infer(
         args.inputs, out, head, model_file=args.checkpoint, tile=args.tile, overlap=args.overlap,
         batch=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
-        settings={"precision": args.precision},
+        settings={"precision": args.precision}, cog=args.cog,
     )  # fmt: skip
     return _finish(summary, out.with_suffix(".png"))
 
@@ -101,6 +102,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="= --precision bf16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--overwrite", action="store_true", help="recompute even where OUT exists")
+    p.add_argument("--cog", action="store_true", help="write OUT as a Cloud-Optimised GeoTIFF (deflate)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

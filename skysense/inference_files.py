@@ -107,9 +107,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
-def merge(parts: Sequence[Path], out: Path) -> None:
-    """Copy the parts (bands of rows, in order) into ``out`` through ``out.partial``."""
-    partial = out.with_name(out.name + ".partial")
+def finalise(parts: Sequence[Path], out: Path, cog: bool = False) -> None:
+    """The finished parts -> ``out``: renamed (one part) or joined; with ``cog`` a Cloud-Optimised
+    GeoTIFF (deflate, overviews) copied through GDAL. ``out`` appears at once, complete."""
+    joined = parts[0] if len(parts) == 1 else merge(parts, out.with_name(out.name + ".joined.partial"))
+    if cog:
+        from rasterio.shutil import copy as gdal_copy
+
+        tmp = out.with_name(out.name + ".cog.partial")
+        gdal_copy(joined, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="3", BIGTIFF="IF_SAFER")
+        os.replace(tmp, out)
+        joined.unlink()
+    else:
+        os.replace(joined, out)
+
+
+def merge(parts: Sequence[Path], partial: Path) -> Path:
+    """Copy the parts (bands of rows, in order) into ``partial``."""
     with rasterio.open(parts[0]) as first:
         skip = ("tiled", "blockxsize", "blockysize", "interleave", "compress")
         profile = {k: v for k, v in first.profile.items() if k not in skip}
@@ -132,7 +146,7 @@ def merge(parts: Sequence[Path], out: Path) -> None:
                     win = Window(0, y, src.width, min(256, h - y))
                     dst.write(src.read(window=win), window=Window(0, row + y, src.width, win.height))
             row += h
-    os.replace(partial, out)
+    return partial
 
 
 def quicklook(tif: str | Path, png: str | Path, max_side: int = 1024) -> Path:

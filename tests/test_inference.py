@@ -394,3 +394,14 @@ def test_embed_hr_with_an_s2_stack_on_another_crs(tmp_path):
     assert np.isfinite(got).all() and (got[-1] == 1).all()
     d = model.cfg.fusion.embed_dim
     assert np.abs(got[d:-1]).max() > 0  # the geo-context half: the tiles' centres give a location
+
+
+def test_cog_output_holds_the_same_bands(tmp_path):
+    src = write_scene(tmp_path / "in.tif", 300, 280)
+    kw = {"model_file": src, "tile": 64, "overlap": 32, "progress": False}
+    infer([src], tmp_path / "plain.tif", local_head(1), **kw)
+    infer([src], tmp_path / "cog.tif", local_head(1), cog=True, **kw)
+    with rasterio.open(tmp_path / "cog.tif") as c:
+        assert c.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and c.descriptions[-1] == "valid"
+    assert read(tmp_path / "cog.tif")[0].tobytes() == read(tmp_path / "plain.tif")[0].tobytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cog.tif", "in.tif", "plain.tif"]
