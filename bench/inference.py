@@ -92,12 +92,15 @@ def seam_difference(scene: Path, out: Path, head: object) -> dict[str, float]:
     encoder spans the tile, so the blend approximates it; returns the mean and max absolute difference
     relative to the mean absolute value of the whole-image map."""
     from skysense.checkpoint import sensor_spec
+    from skysense.inference import lonlat
 
     with rasterio.open(scene) as src:
         x = torch.from_numpy(src.read().astype(np.float32))[None]
     invalid = (x == 0).any(1, keepdim=True)
     x = sensor_spec("hr", 3).normalise(x).masked_fill(invalid, 0.0)
-    whole = head.run({"hr": x})[0].numpy()  # type: ignore[attr-defined]
+    with rasterio.open(scene) as src:  # the tiles' lat/lon are their centres; the scene's centre here
+        where = lonlat(src.crs, src.transform, [0], [0], src.height)
+    whole = head.run({"hr": x, **where})[0].numpy()  # type: ignore[attr-defined]
     with rasterio.open(out) as o:
         tiled = o.read()[:-1]
     keep = np.isfinite(tiled)
