@@ -44,6 +44,11 @@ from skysense.data.safe import (
 )
 from skysense.dates import from_days, to_days
 
+# Images without georeference (JPEG/PNG scenes, tiles) are expected: the readers record a missing CRS or
+# transform in meta and check them themselves. A process-wide filter, because warnings.catch_warnings is not
+# thread-safe and the scene loaders decode on several threads.
+warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
+
 Resampling = Literal["bilinear", "nearest"]
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
 
@@ -77,18 +82,16 @@ def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
         raise FileNotFoundError(f"{path}: file not found")
     if path.is_file() and path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file (0 bytes)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        try:
-            ds = rasterio.open(path)
-        except rasterio.errors.RasterioIOError as e:
-            raise ValueError(
-                f"{path}: cannot open as a raster (unreadable, truncated or not an image): {e}"
-            ) from None
-        try:
-            yield ds
-        finally:
-            ds.close()
+    try:
+        ds = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as e:
+        raise ValueError(
+            f"{path}: cannot open as a raster (unreadable, truncated or not an image): {e}"
+        ) from None
+    try:
+        yield ds
+    finally:
+        ds.close()
 
 
 def raster_meta(ds: Any, path: str | Path, window: Window | None = None) -> dict[str, Any]:

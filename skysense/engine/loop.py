@@ -133,7 +133,9 @@ def fit(task: Task, cfg: EngineConfig, resume: bool = False, overwrite: bool = F
             )
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             _validate(task, cfg, step, modules, opt, gen, ranks, log)
-    log.close(out_dir / "loss_curve.png", title=f"{task.name}: {Path(cfg.out_dir).name}")
+    log.close(
+        out_dir / "loss_curve.png", title=f"{task.name}, {cfg.steps} steps of {cfg.batch_size}: {cfg.out_dir}"
+    )
     return {"losses": losses, "step": step, "samples": len(data)}
 
 

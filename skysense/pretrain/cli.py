@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from skysense.runtime import add_threads_argument
+
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Any:
     """A :class:`~skysense.pretrain.trainer.TrainConfig` from a YAML file and ``key=value`` overrides."""
@@ -33,9 +35,11 @@ def banner(cfg: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from skysense.engine.distributed import exit_distributed
     from skysense.pretrain.trainer import train
+    from skysense.runtime import apply_threads
 
     cfg = load_config(args.config, args.overrides)
-    print(banner(cfg), flush=True)
+    threads = apply_threads(args.threads)
+    print(f"{banner(cfg)}; {threads} CPU thread(s)", flush=True)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     exit_distributed()  # under torchrun: leaves here
     print(f"pretrain: {result['step']} steps, outputs in {cfg.out_dir}")
@@ -51,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.ckpt if present")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in OUT_DIR")
+    add_threads_argument(p)
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. steps=20 data.tile=32"
     )

@@ -12,13 +12,17 @@ import json
 import sys
 from collections.abc import Sequence
 
+from skysense.runtime import add_threads_argument
+
 
 def run_finetune(args: argparse.Namespace) -> int:
     from skysense.engine.config import load_config
     from skysense.engine.distributed import exit_distributed
+    from skysense.runtime import apply_threads
     from skysense.tasks.finetune import FinetuneConfig, finetune
 
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    apply_threads(args.threads)
     d = cfg.data
     init = cfg.weights or f"random init ({cfg.preset})"
     print(
@@ -38,7 +42,10 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from skysense.runtime import apply_threads
     from skysense.tasks.evaluate import evaluate
+
+    apply_threads(args.threads)
 
     record = evaluate(args.checkpoint, data_root=args.data or "", split=args.split, out_dir=args.out)
     scores = record["scores"]
@@ -73,6 +80,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. steps=50 data.size=64"
     )
+    add_threads_argument(p)
     p.set_defaults(func=run_finetune)
     e = sub.add_parser(
         "evaluate",
@@ -87,6 +95,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--out", metavar="DIR", help="where the scores and PNGs go (default: beside the checkpoint)"
     )
     e.add_argument("--json", action="store_true", help="also print the scores as JSON")
+    add_threads_argument(e)
     e.set_defaults(func=run_evaluate)
 
 
