@@ -98,7 +98,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=512, help="tile side in input pixels, a multiple of 32")
     p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles (multiple of 32)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 on GPU")
+    p.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 where native"
+    )
     p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="= --precision bf16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--overwrite", action="store_true", help="recompute even where OUT exists")
