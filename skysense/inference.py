@@ -364,7 +364,8 @@ def run_strip(scene: Any, head: Head, grid: Grid, s: int, carry: np.ndarray | No
                 sample[key] = x
                 continue
             bad = torch.from_numpy(np.stack([t[0][f"{key}_invalid"] for t in tiles])).unsqueeze(-3)
-            sample[key] = head.normalise[key.split("_")[0]](x).masked_fill(bad, 0.0)  # nodata -> 0
+            x = head.normalise[key.split("_")[0]](x)
+            sample[key] = x.masked_fill(bad, 0.0) if bool(bad.any()) else x  # nodata -> 0
         invalid = torch.from_numpy(np.stack([t[1] for t in tiles]))
         sample |= lonlat(
             scene.crs, scene.transform, [s * grid.step] * len(js), [j * grid.step for j in js], grid.tile
