@@ -342,10 +342,34 @@ class Scene:
             d.close()
 
 
+def tile_batch(
+    scene: Any, head: Head, grid: Grid, s: int, js: Sequence[int]
+) -> tuple[dict[str, Any], Tensor]:
+    """The model's sample of tiles ``js`` of strip ``s`` (normalised, nodata 0, lat/lon) and the valid
+    fraction of each output cell (B, 1, n, n)."""
+    tiles = [scene.tile(s * grid.step, j * grid.step, grid.tile) for j in js]
+    sample: dict[str, Any] = {}
+    for key in (k for k in tiles[0][0] if not k.endswith("_invalid")):
+        x = torch.from_numpy(np.stack([t[0][key] for t in tiles]))
+        if key.endswith("_dates"):
+            sample[key] = x
+            continue
+        bad = torch.from_numpy(np.stack([t[0][f"{key}_invalid"] for t in tiles])).unsqueeze(-3)
+        x = head.normalise[key.split("_")[0]](x)
+        sample[key] = x.masked_fill(bad, 0.0) if bool(bad.any()) else x  # nodata -> 0
+    invalid = torch.from_numpy(np.stack([t[1] for t in tiles]))
+    rows, cols = [s * grid.step] * len(js), [j * grid.step for j in js]
+    sample |= lonlat(scene.crs, scene.transform, rows, cols, grid.tile)
+    return sample, F.avg_pool2d((~invalid).float()[:, None], grid.stride)
+
+
 def run_strip(scene: Any, head: Head, grid: Grid, s: int, carry: np.ndarray | None, batch: int) -> np.ndarray:
-    """Blend strip ``s``'s tiles onto ``carry`` (the rows it shares with strip ``s - 1``).
+    """Blend strip ``s``'s tiles onto ``carry`` (the rows it shares with strip ``s - 1``); a thread
+    reads and normalises the next batch while the model runs on this one.
 
     Returns (K + 2, rows, cols) sums: K weighted outputs, the weighted valid fraction, the weight."""
+    from concurrent.futures import ThreadPoolExecutor
+
     n = grid.tile // grid.stride
     oh, ow = grid.out_shape
     r0 = s * grid.step // grid.stride
@@ -354,28 +378,19 @@ def run_strip(scene: Any, head: Head, grid: Grid, s: int, carry: np.ndarray | No
     if carry is not None:
         acc[:, : carry.shape[1], : carry.shape[2]] = carry
     ry = grid.ramp(s > 0, s < grid.rows - 1)
-    for j0 in range(0, grid.cols, batch):
-        js = range(j0, min(j0 + batch, grid.cols))
-        tiles = [scene.tile(s * grid.step, j * grid.step, grid.tile) for j in js]
-        sample = {}
-        for key in (k for k in tiles[0][0] if not k.endswith("_invalid")):
-            x = torch.from_numpy(np.stack([t[0][key] for t in tiles]))
-            if key.endswith("_dates"):
-                sample[key] = x
-                continue
-            bad = torch.from_numpy(np.stack([t[0][f"{key}_invalid"] for t in tiles])).unsqueeze(-3)
-            x = head.normalise[key.split("_")[0]](x)
-            sample[key] = x.masked_fill(bad, 0.0) if bool(bad.any()) else x  # nodata -> 0
-        invalid = torch.from_numpy(np.stack([t[1] for t in tiles]))
-        sample |= lonlat(
-            scene.crs, scene.transform, [s * grid.step] * len(js), [j * grid.step for j in js], grid.tile
-        )
-        out = head.run(sample).numpy()  # (B, K, n, n)
-        valid = F.avg_pool2d((~invalid).float()[:, None], grid.stride).numpy()  # (B, 1, n, n)
-        for b, j in enumerate(js):
-            w = (ry[:, None] * grid.ramp(j > 0, j < grid.cols - 1)[None, :]).astype(np.float32)
-            c0 = j * grid.step // grid.stride
-            acc[:, :, c0 : c0 + n] += np.concatenate([out[b] * w, valid[b] * w, w[None]])
+    batches = [range(j0, min(j0 + batch, grid.cols)) for j0 in range(0, grid.cols, batch)]
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(tile_batch, scene, head, grid, s, batches[0])
+        for i, js in enumerate(batches):
+            sample, valid_t = ahead.result()
+            if i + 1 < len(batches):
+                ahead = pool.submit(tile_batch, scene, head, grid, s, batches[i + 1])
+            out = head.run(sample).numpy()  # (B, K, n, n)
+            valid = valid_t.numpy()
+            for b, j in enumerate(js):
+                w = (ry[:, None] * grid.ramp(j > 0, j < grid.cols - 1)[None, :]).astype(np.float32)
+                c0 = j * grid.step // grid.stride
+                acc[:, :, c0 : c0 + n] += np.concatenate([out[b] * w, valid[b] * w, w[None]])
     return acc[:, :rows, :ow]
 
 
