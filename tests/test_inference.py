@@ -405,3 +405,40 @@ def test_cog_output_holds_the_same_bands(tmp_path):
         assert c.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and c.descriptions[-1] == "valid"
     assert read(tmp_path / "cog.tif")[0].tobytes() == read(tmp_path / "plain.tif")[0].tobytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cog.tif", "in.tif", "plain.tif"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_killed_process_resumes_to_the_same_bytes(tmp_path):
+    import signal
+    import time
+
+    weights = tiny_weights(tmp_path)
+    src = write_scene(tmp_path / "in.tif", 4096, 128)
+    args = [
+        sys.executable,
+        "-m",
+        "skysense.cli",
+        "embed",
+        str(src),
+        "--weights",
+        str(weights),
+        "--tile",
+        "128",
+    ]
+    args += ["--overlap", "32", "--precision", "fp32", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole, out = tmp_path / "whole.tif", tmp_path / "out.tif"
+    assert subprocess.run([*args, "--out", str(whole)], env=env, timeout=400).returncode == 0
+    proc = subprocess.Popen([*args, "--out", str(out)], env=env)
+    record = tmp_path / "out.tif.rank0of1.partial.json"
+    deadline = time.monotonic() + 300
+    while not record.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # no clean-up runs: the state a power cut leaves
+    proc.wait()
+    assert not out.exists()  # killed before the last of its 43 tile rows
+    rerun = subprocess.run([*args, "--out", str(out)], env=env, timeout=400, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert int(rerun.stdout.split(" tiles,")[0].split()[-1]) < 43 * 2  # the recorded rows were skipped
+    assert read(out)[0].tobytes() == read(whole)[0].tobytes()
