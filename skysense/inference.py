@@ -501,6 +501,7 @@ def infer(
             "tile": grid.tile,
             "overlap": grid.overlap,
             "blending": "linear ramp over the overlap, separable (skysense.inference)",
+            **getattr(scene, "tags", {}),
         }
         shares = [_share(grid.rows, r, world) for r in range(world)]
         parts = [(out.with_name(f"{out.name}.rank{r}of{world}.partial"), sh) for r, sh in enumerate(shares)]

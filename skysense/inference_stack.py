@@ -97,6 +97,11 @@ class StackScene:
         self.vrt = {m: [self._warp(d, self.k[m]) for d in ds] for m, ds in self.src.items()}
         self.days = {m: to_days([d for d, _ in files]).numpy() for m, files in self.dated.items()}
 
+    @property
+    def tags(self) -> dict[str, str]:
+        """The dates used, per stack (written into the output's metadata)."""
+        return {f"{m}_dates": ",".join(d.isoformat() for d, _ in files) for m, files in self.dated.items()}
+
     def _overlap(self, ref: Any) -> Window:
         """The window of ``ref``'s grid, in whole pixels, where every input file has pixels."""
         left, bottom, right, top = ref.bounds

@@ -392,6 +392,8 @@ def test_embed_hr_with_an_s2_stack_on_another_crs(tmp_path):
     got, meta = read(out)
     assert got.shape == (model.out_dim + 1, 4, 3) and meta["transform"] == ORIGIN @ Affine.scale(32)
     assert np.isfinite(got).all() and (got[-1] == 1).all()
+    with rasterio.open(out) as o:
+        assert o.tags()["s2_dates"] == "2021-06-14,2021-07-20"
     d = model.cfg.fusion.embed_dim
     assert np.abs(got[d:-1]).max() > 0  # the geo-context half: the tiles' centres give a location
 
