@@ -354,6 +354,24 @@ def test_stack_on_another_crs_lands_on_the_same_cell(tmp_path):
             assert abs(r - 176 // 16) <= 1 and abs(c - 80 // 16) <= 1  # bilinear spreads it over a cell
     finally:
         scene.close()
+    # an s1 stack in Web Mercator over the west half only: the output is cut to where all overlap
+    from rasterio.warp import transform_bounds
+
+    left, bottom, right, top = transform_bounds(
+        "EPSG:32633", "EPSG:3857", 500_000, 4_199_872, 500_064, 4_200_000
+    )
+    s1 = write_stack(
+        tmp_path / "s1", "EPSG:3857", from_origin(left - 40, top + 40, 10, 10), 25, 11, 2, ["20210701"]
+    )
+    scene = StackScene(hr, {"s2": stack, "s1": s1}, {"hr": 3, "s2": 10, "s1": 2})
+    try:
+        with rasterio.open(s1 / "20210701.tif") as f:
+            s1_east = transform_bounds(f.crs, "EPSG:32633", *f.bounds)[2]
+        assert scene.transform.c == ORIGIN.c and scene.height == 256  # the s1 file spans all rows
+        assert 0 <= s1_east - (scene.transform.c + scene.width * 0.5) < 0.5  # whole hr pixels inside it
+        assert scene.width < 128
+    finally:
+        scene.close()
 
 
 def test_stack_errors_name_the_problem(tmp_path):
