@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from skysense.cli import COMMANDS
@@ -45,6 +46,19 @@ def _finish(summary: object, png: Path | None = None) -> int:
     return 0
 
 
+def _guarded(run: Callable[[], object], out: str) -> object:
+    """``run()``, with an I/O failure (a full disk, an unreadable file) said plainly: a rerun goes on."""
+    try:
+        return run()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ValueError(
+            f"{e}: reading the inputs or writing {out} failed (a full disk? an unreadable file?); fix it and "
+            "rerun the same command: the finished tile rows are kept"
+        ) from e
+
+
 def _embed(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -67,11 +81,11 @@ def _embed(args: argparse.Namespace) -> int:
     elif not args.input:
         raise ValueError("give an hr GeoTIFF and/or --s2/--s1 stack folders")
     return _finish(
-        infer(
+        _guarded(lambda: infer(
             scene, args.out, head, model_file=args.weights, tile=args.tile, overlap=args.overlap,
             batch=args.batch_size, progress=not args.quiet, overwrite=args.overwrite, settings=settings,
             cog=args.cog,
-        )
+        ), args.out)
     )  # fmt: skip
 
 
@@ -85,11 +99,11 @@ def _predict(args: argparse.Namespace) -> int:
             f"got {len(args.inputs)}"
         )
     out = Path(args.out)
-    summary = infer(
+    summary = _guarded(lambda: infer(
         args.inputs, out, head, model_file=args.checkpoint, tile=args.tile, overlap=args.overlap,
         batch=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
         settings={"precision": args.precision}, cog=args.cog,
-    )  # fmt: skip
+    ), args.out)  # fmt: skip
     return _finish(summary, out.with_suffix(".png"))
 
 

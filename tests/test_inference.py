@@ -462,3 +462,20 @@ def test_a_killed_process_resumes_to_the_same_bytes(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert int(rerun.stdout.split(" tiles,")[0].split()[-1]) < 43 * 2  # the recorded rows were skipped
     assert read(out)[0].tobytes() == read(whole)[0].tobytes()
+
+
+def test_a_full_disk_is_said_plainly(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import skysense.inference
+    from skysense.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    weights = tiny_weights(tmp_path)
+    src = write_scene(tmp_path / "in.tif", 64, 64)
+    monkeypatch.setattr(skysense.inference, "infer", full)
+    assert main(["embed", str(src), "--weights", str(weights), "--out", str(tmp_path / "o.tif")]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "rerun the same command" in err
