@@ -73,16 +73,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="skysense-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"skysense-pretrain: error: {e}", file=sys.stderr)
-        return 2
+    """``python -m skysense.pretrain.cli ...`` (what torchrun starts): ``skysense pretrain ...``."""
+    from skysense.cli import main as skysense_main
+
+    return skysense_main(["pretrain", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -100,16 +100,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="skysense-tasks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"skysense {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    """``python -m skysense.tasks.cli finetune|evaluate ...`` (what torchrun starts): ``skysense ...``."""
+    from skysense.cli import main as skysense_main
+
+    return skysense_main(list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -437,10 +437,6 @@ data = DataConfig(modalities=("s2", "s1"), tile=16, num_samples=4)
 cfg = tiny_cfg(out / "run", steps=2, ckpt_every=1, data=data, model={{"hr": None}})
 res = train(cfg)
 torch.save(res["teacher"], out / f"teacher{{dist.get_rank()}}.pt")
-dist.barrier()
-dist.destroy_process_group()
-sys.stdout.flush()
-os._exit(0)
 """
 
 
@@ -454,6 +450,17 @@ def subprocess_env() -> dict[str, str]:
 # launcher's process group on a time-out would leave them running (and writing) for the rest of the suite.
 PIDFILE = """import os as _os, pathlib as _pathlib
 _pathlib.Path({out!r}, "pid" + _os.environ["RANK"]).write_text(str(_os.getpid()))
+"""
+
+
+# Every rank leaves through the process group's teardown and os._exit: a gloo rank can abort in interpreter
+# shutdown otherwise.
+EPILOGUE = """
+import os as _os, sys as _sys, torch.distributed as _dist
+_dist.barrier()
+_dist.destroy_process_group()
+_sys.stdout.flush()
+_os._exit(0)
 """
 
 
@@ -471,7 +478,9 @@ def _torchrun(script_text: str, tmp_path: Path, timeout: int = 480, **fields: st
     """Run a script under torchrun with 2 CPU ranks (gloo); fail with its stderr. The bound holds on a
     2-core machine that is busy with other work (the scripts take 1-3 minutes on an idle one)."""
     script = tmp_path / "dist.py"
-    text = (PIDFILE + script_text).format(tests=str(Path(__file__).parent), out=str(tmp_path), **fields)
+    text = (PIDFILE + script_text + EPILOGUE).format(
+        tests=str(Path(__file__).parent), out=str(tmp_path), **fields
+    )
     script.write_text(textwrap.dedent(text))
     env = subprocess_env()
     with socket.socket() as sock:  # a free port (port 0 leaves rank 1 waiting)
@@ -558,10 +567,6 @@ if dist.get_rank() == 0:
                "switched": ddp_first["losses"] + fsdp_then["losses"]}}, open(out / "losses.json", "w"))
     torch.save(ddp["teacher"], out / "teacher_ddp.pt")
     torch.save(fsdp["teacher"], out / "teacher_fsdp.pt")
-dist.barrier()
-dist.destroy_process_group()
-sys.stdout.flush()
-os._exit(0)
 """
 
 
@@ -643,10 +648,6 @@ if dist.get_rank() == 0:
     for k in ("ddp", "fsdp"):
         if k in runs:
             torch.save(runs[k]["teacher"], out / f"teacher_{{k}}.pt")
-dist.barrier()
-dist.destroy_process_group()
-sys.stdout.flush()
-os._exit(0)
 """
 
 
