@@ -7,6 +7,7 @@ the model, the data and the task).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,3 +114,17 @@ def config_diff(old: Any, new: Any, where: str = "") -> list[str]:
         return [d for k in keys for d in config_diff(old.get(k), new.get(k), f"{where}{k}.")]
     plain = [list(x) if isinstance(x, tuple) else x for x in (old, new)]
     return [] if plain[0] == plain[1] else [f"{where[:-1]}: {old!r} -> {new!r}"]
+
+
+def add_run_arguments(p: argparse.ArgumentParser, config_help: str) -> None:
+    """The arguments of every training command: ``--config``, ``--resume``, ``--overwrite``, ``--threads``
+    and ``key=value`` overrides."""
+    from skysense.runtime import add_threads_argument
+
+    p.add_argument("--config", metavar="PATH", required=True, help=config_help)
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.ckpt if present")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in OUT_DIR")
+    add_threads_argument(p)
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. steps=20 lr=1e-4"
+    )

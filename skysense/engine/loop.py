@@ -38,7 +38,7 @@ from skysense.engine.distributed import (
 )
 from skysense.engine.metrics import MetricsLog
 from skysense.engine.schedules import cosine, warmup_cosine
-from skysense.engine.state import CKPT, restore, write_checkpoint
+from skysense.engine.state import CKPT, RunState, restore, write_checkpoint
 from skysense.files import write_json
 
 
@@ -88,10 +88,8 @@ def fit(task: Task, cfg: EngineConfig, resume: bool = False, overwrite: bool = F
     opt = torch.optim.AdamW(task.param_groups(), lr=cfg.lr, betas=(0.9, 0.999), fused=not ranks.fsdp)
     torch.manual_seed(cfg.seed + ranks.rank)  # drop-path differs across ranks, like their data
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + ranks.rank)  # augmentations, on the CPU
-    modules = task.modules()
-    start = 0
-    if resume and ckpt.exists():
-        start = restore(ckpt, cfg, modules, task.trained, opt, gen, ranks.rank, ranks.world)
+    run = RunState(cfg, task.modules(), task.trained, opt, gen, ranks.rank, ranks.world)
+    start = restore(ckpt, run) if resume and ckpt.exists() else 0
     if cfg.compile:
         compile_modules(task.compiled(), cfg.compile)
     forward = wrap_ddp(task.step_module, ranks)
@@ -128,21 +126,18 @@ def fit(task: Task, cfg: EngineConfig, resume: bool = False, overwrite: bool = F
         log.log(row, postfix=(step + 1) % cfg.log_every == 0)
         step += 1
         if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or step == stop):
-            write_checkpoint(
-                ckpt, cfg, step, modules, task.trained, opt, gen, ranks.rank, ranks.world, task.meta()
-            )
+            write_checkpoint(ckpt, run, step, task.meta())
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-            _validate(task, cfg, step, modules, opt, gen, ranks, log)
+            _validate(task, run, step, log)
     log.close(
         out_dir / "loss_curve.png", title=f"{task.name}, {cfg.steps} steps of {cfg.batch_size}: {cfg.out_dir}"
     )
     return {"losses": losses, "step": step, "samples": len(data)}
 
 
-def _validate(
-    task: Task, cfg: EngineConfig, step: int, modules, opt, gen, ranks: Ranks, log: MetricsLog
-) -> None:
+def _validate(task: Task, run: RunState, step: int, log: MetricsLog) -> None:
     """Score the task; keep ``best.ckpt`` when its ``monitor`` metric beats the best so far."""
+    cfg = run.cfg
     scores = task.validate()
     if scores is None:
         return
@@ -155,11 +150,8 @@ def _validate(
         raise ValueError(f"monitor={metric!r}: the task reports {sorted(scores)}; monitor one of those")
     value = scores[metric]
     if best is None or value > best["value"]:
-        best_ckpt = out_dir / BEST
-        write_checkpoint(
-            best_ckpt, cfg, step, modules, task.trained, opt, gen, ranks.rank, ranks.world, task.meta()
-        )
-        if ranks.main:
+        write_checkpoint(out_dir / BEST, run, step, task.meta())
+        if run.rank == 0:
             record = {"metric": metric, "value": value, "step": step, "scores": scores}
             write_json(best_path, record)
 

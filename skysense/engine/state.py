@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,21 +109,34 @@ def _load_model_state(model: nn.Module, state: Mapping[str, Any]) -> None:
     set_model_state_dict(model, dict(state), options=StateDictOptions(full_state_dict=True))
 
 
-def write_checkpoint(
-    path: Path,
-    cfg: Any,
-    step: int,
-    modules: Mapping[str, nn.Module],
-    trained: nn.Module,
-    opt: torch.optim.Optimizer,
-    gen: torch.Generator,
-    rank: int,
-    world: int,
-    meta: dict[str, Any] | None = None,
-) -> None:
+@dataclass
+class RunState:
+    """What a checkpoint holds of a run (its config, the task's modules by name, the optimiser of the
+    trained module, the augmentation generator) and where this process stands in it."""
+
+    cfg: Any
+    modules: Mapping[str, nn.Module]
+    trained: nn.Module
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    rank: int = 0
+    world: int = 1
+
+
+def write_checkpoint(path: Path, run: RunState, step: int, meta: dict[str, Any] | None = None) -> None:
     """Gather the run's state on rank 0 and write it atomically; every rank returns once it is in place.
     ``meta``: what the task records of itself (task, classes, head config, input contract), if anything."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    cfg, modules, trained, opt, gen, rank, world = (
+        run.cfg,
+        run.modules,
+        run.trained,
+        run.opt,
+        run.gen,
+        run.rank,
+        run.world,
+    )
 
     models = {name: full_model_state(m) for name, m in modules.items()}  # collective under FSDP
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -151,18 +165,18 @@ def write_checkpoint(
         dist.barrier()
 
 
-def restore(
-    path: Path,
-    cfg: Any,
-    modules: Mapping[str, nn.Module],
-    trained: nn.Module,
-    opt: torch.optim.Optimizer,
-    gen: torch.Generator,
-    rank: int,
-    world: int,
-) -> int:
+def restore(path: Path, run: RunState) -> int:
     """Load a checkpoint written by any strategy and number of ranks into the run; returns its step.
     A checkpoint of another config is refused with the fields that differ."""
+    cfg, modules, trained, opt, gen, rank, world = (
+        run.cfg,
+        run.modules,
+        run.trained,
+        run.opt,
+        run.gen,
+        run.rank,
+        run.world,
+    )
     ck = load_checkpoint(path)
     try:
         for name, module in modules.items():

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from skysense.runtime import add_threads_argument
+from skysense.engine.config import add_run_arguments
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Any:
@@ -47,18 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        required=True,
-        help="YAML file of TrainConfig fields, e.g. configs/pretrain/tiny_cpu.yaml",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.ckpt if present")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in OUT_DIR")
-    add_threads_argument(p)
-    p.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. steps=20 data.tile=32"
-    )
+    add_run_arguments(p, "YAML file of TrainConfig fields, e.g. configs/pretrain/tiny_cpu.yaml")
     p.set_defaults(func=run)
 
 

@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from skysense.engine.config import add_run_arguments
 from skysense.runtime import add_threads_argument
 
 
@@ -69,18 +70,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        required=True,
-        help="YAML file of FinetuneConfig fields (configs/finetune/)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.ckpt if present")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in OUT_DIR")
-    p.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. steps=50 data.size=64"
-    )
-    add_threads_argument(p)
+    add_run_arguments(p, "YAML file of FinetuneConfig fields, e.g. configs/finetune/potsdam_tiny.yaml")
     p.set_defaults(func=run_finetune)
     e = sub.add_parser(
         "evaluate",
