@@ -128,38 +128,30 @@ def write_checkpoint(path: Path, run: RunState, step: int, meta: dict[str, Any] 
     ``meta``: what the task records of itself (task, classes, head config, input contract), if anything."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    cfg, modules, trained, opt, gen, rank, world = (
-        run.cfg,
-        run.modules,
-        run.trained,
-        run.opt,
-        run.gen,
-        run.rank,
-        run.world,
-    )
-
-    models = {name: full_model_state(m) for name, m in modules.items()}  # collective under FSDP
+    models = {name: full_model_state(m) for name, m in run.modules.items()}  # collective under FSDP
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    optim = get_optimizer_state_dict(trained, opt, options=full)  # keyed by name, whatever the strategy
-    rngs = [rng_state(gen)]
-    if world > 1:
-        gathered: list[Any] = [None] * world
+    optim = get_optimizer_state_dict(
+        run.trained, run.opt, options=full
+    )  # keyed by name, whatever the strategy
+    rngs = [rng_state(run.gen)]
+    if run.world > 1:
+        gathered: list[Any] = [None] * run.world
         dist.all_gather_object(gathered, rngs[0])
         rngs = gathered
-    if rank == 0:
+    if run.rank == 0:
         state = {
             **models,
             "optimizer": optim,
             "optimizer_format": "fqn",
             "step": step,
-            "data": {"seed": cfg.seed, "position": step * cfg.batch_size, "world": world},
+            "data": {"seed": run.cfg.seed, "position": step * run.cfg.batch_size, "world": run.world},
             "rng": rngs,
-            "config": dataclasses.asdict(cfg),
+            "config": dataclasses.asdict(run.cfg),
         }
         if meta:
             state["meta"] = meta
         save_checkpoint(path, state)
-    if world > 1:
+    if run.world > 1:
         # every rank leaves once the file is in place: a resume in the same processes (a second fit()
         # call) would otherwise let rank 1 read the previous checkpoint and run steps rank 0 skips
         dist.barrier()
@@ -168,32 +160,23 @@ def write_checkpoint(path: Path, run: RunState, step: int, meta: dict[str, Any] 
 def restore(path: Path, run: RunState) -> int:
     """Load a checkpoint written by any strategy and number of ranks into the run; returns its step.
     A checkpoint of another config is refused with the fields that differ."""
-    cfg, modules, trained, opt, gen, rank, world = (
-        run.cfg,
-        run.modules,
-        run.trained,
-        run.opt,
-        run.gen,
-        run.rank,
-        run.world,
-    )
     ck = load_checkpoint(path)
     try:
-        for name, module in modules.items():
+        for name, module in run.modules.items():
             _load_model_state(module, ck[name])
-        _load_optimizer(ck, trained, opt)
+        _load_optimizer(ck, run.trained, run.opt)
     except (RuntimeError, KeyError) as e:  # mis-shaped, missing or unexpected tensors
-        diff = config_diff(ck.get("config", {}), dataclasses.asdict(cfg))
+        diff = config_diff(ck.get("config", {}), dataclasses.asdict(run.cfg))
         raise ValueError(
             f"{path} does not fit this run's model ({' '.join(str(e).split()[:40])}). Its config "
             f"differs in: {'; '.join(diff) or 'nothing recorded'}. Resume with that run's config, "
             "or set another out_dir to start afresh"
         ) from None
     rngs = ck["rng"]
-    if len(rngs) == world:
-        set_rng_state(rngs[rank], gen)
-    elif rank == 0:
-        print(f"resume: checkpoint from {len(rngs)} rank(s), now {world}: random states restart")
+    if len(rngs) == run.world:
+        set_rng_state(rngs[run.rank], run.gen)
+    elif run.rank == 0:
+        print(f"resume: checkpoint from {len(rngs)} rank(s), now {run.world}: random states restart")
     return int(ck["step"])
 
 
