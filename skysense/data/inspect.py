@@ -278,18 +278,7 @@ def inspect(
         raise ValueError(f"{path}: empty folder, nothing to inspect")
     layout = layout or detect_layout(path)
     if layout is None and path.is_dir():
-        children = []
-        for d in [*_subdirs(path).values(), *sorted(path.glob("*.npz"))]:
-            nested = [*_subdirs(d).values(), *sorted(d.glob("*.npz"))] if d.is_dir() else []
-            kids = nested if d.is_dir() and detect_layout(d) is None else [d]
-            for k in kids:
-                if (k.is_file() or any(k.iterdir())) and detect_layout(k) is not None:
-                    children.append(inspect(k, max_samples=max_samples))
-        if not children:
-            raise ValueError(
-                f"{path}: no known data layout here or in its subfolders (known: {', '.join(DATASETS)})"
-            )
-        return {"path": str(path), "layout": "collection", "children": children}
+        return _inspect_collection(path, max_samples)
     if layout == "rasters":
         return _json_safe(_inspect_rasters(path))
     if layout in ("s2_bandset", "s1_patch"):
@@ -298,10 +287,40 @@ def inspect(
         kwargs.setdefault("skip_unlabelled", True)
     ds = open_dataset(path, layout, **kwargs)
     report: dict[str, Any] = {"path": str(path), "layout": layout, "num_samples": len(ds), "problems": []}
+    report["problems"] += _dataset_problems(ds, path)
+    classes = getattr(ds, "classes", None)
+    if classes is not None:
+        report["classes"] = list(classes)
+    if isinstance(ds, SceneClassification):
+        report["class_counts"] = dict(Counter(ds.classes[r["label"]] for r in ds.records))
+    picks = spread(len(ds), max_samples if max_samples > 0 else len(ds))
+    report.update(_sample_summary(ds, picks, report["problems"]))
+    return _json_safe(report)
+
+
+def _inspect_collection(path: Path, max_samples: int) -> dict[str, Any]:
+    """A folder of several layouts (e.g. ``shared/data``): one report per child that has one."""
+    children = []
+    for d in [*_subdirs(path).values(), *sorted(path.glob("*.npz"))]:
+        nested = [*_subdirs(d).values(), *sorted(d.glob("*.npz"))] if d.is_dir() else []
+        kids = nested if d.is_dir() and detect_layout(d) is None else [d]
+        for k in kids:
+            if (k.is_file() or any(k.iterdir())) and detect_layout(k) is not None:
+                children.append(inspect(k, max_samples=max_samples))
+    if not children:
+        raise ValueError(
+            f"{path}: no known data layout here or in its subfolders (known: {', '.join(DATASETS)})"
+        )
+    return {"path": str(path), "layout": "collection", "children": children}
+
+
+def _dataset_problems(ds: Any, path: Path) -> list[str]:
+    """What the dataset skipped or kept aside while scanning (unpaired, unlabelled, empty classes)."""
+    problems = []
     for attr in ("unpaired_s1", "unmatched", "unlabelled", "empty_classes"):
         items = getattr(ds, attr, None)
         if items:
-            report["problems"].append(f"{attr.replace('_', ' ')}: {len(items)} ({', '.join(items[:5])})")
+            problems.append(f"{attr.replace('_', ' ')}: {len(items)} ({', '.join(items[:5])})")
     if isinstance(ds, ChangeDetection) and ds.unlabelled:
         for rec in ChangeDetection(path, require_label=False).records:
             if rec["label"].exists():
@@ -309,25 +328,26 @@ def inspect(
             try:
                 ds._load(rec)
             except (ValueError, FileNotFoundError) as e:
-                report["problems"].append(f"unlabelled pair {rec['id']}: {e}")
-    classes = getattr(ds, "classes", None)
-    if classes is not None:
-        report["classes"] = list(classes)
-    if isinstance(ds, SceneClassification):
-        report["class_counts"] = dict(Counter(ds.classes[r["label"]] for r in ds.records))
-    picks = spread(len(ds), max_samples if max_samples > 0 else len(ds))
+                problems.append(f"unlabelled pair {rec['id']}: {e}")
+    return problems
+
+
+def _sample_summary(ds: Any, picks: list[int], problems: list[str]) -> dict[str, Any]:
+    """Read the samples ``picks``: modalities (bands, units, shapes, invalid fraction), CRS, dates, target
+    values; a sample the readers refuse, or one almost all invalid, goes to ``problems``."""
     # pixel series (MODIS, Landsat ... indices) go to the temporal encoder's s2 input, but are no Sentinel-2
     series = {ds.modality: "series"} if isinstance(ds, PixelTimeSeries) else {}
     mods: dict[str, dict[str, Any]] = {}
     crs: set[str] = set()
     dates: dict[str, set[str]] = {}
     targets: Counter[int] = Counter()
+    out: dict[str, Any] = {}
     failed = 0
     for i in tqdm(picks, desc="inspect", unit="sample", disable=len(picks) < 100):
         try:
             s = ds[i]
         except (ValueError, FileNotFoundError) as e:
-            report["problems"].append(f"sample {ds.ids[i]}: {e}")
+            problems.append(f"sample {ds.ids[i]}: {e}")
             failed += 1
             continue
         for key, v in s.items():
@@ -348,15 +368,15 @@ def inspect(
                     dates.setdefault(series.get(key, key), set()).update(d.isoformat() for d in days)
             if key == "target":
                 targets.update(np.unique(v.numpy()).tolist())
-        if s.get("meta", {}).get("dates_exact") is False and "dates approximate" not in report:
-            report["dates approximate"] = "only the first sample's dates are stored; others reuse them"
+        if s.get("meta", {}).get("dates_exact") is False and "dates approximate" not in out:
+            out["dates approximate"] = "only the first sample's dates are stored; others reuse them"
     for key, info in mods.items():
         info["shapes"] = sorted(info["shapes"])
         frac = info.pop("invalid")
         info["invalid_fraction_mean"] = round(float(np.mean(frac)), 4)
         if max(frac) > 0.99:
-            report["problems"].append(f"{key}: a sample with more than 99% invalid pixels")
-    report.update(
+            problems.append(f"{key}: a sample with more than 99% invalid pixels")
+    out.update(
         samples_checked=len(picks),
         usable=len(picks) - failed,
         modalities=mods,
@@ -364,8 +384,8 @@ def inspect(
         crs=sorted(crs),
     )
     if targets:
-        report["target_values"] = sorted(int(t) for t in targets)
-    return _json_safe(report)
+        out["target_values"] = sorted(int(t) for t in targets)
+    return out
 
 
 def _short(crs: str | None) -> str:
