@@ -279,3 +279,14 @@ def get_preset(name: str) -> SkySenseConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return SkySenseConfig.from_dict(PRESETS[name].to_dict())
+
+
+def preset_with(name: str, overrides: Mapping[str, Any]) -> SkySenseConfig:
+    """A preset with ``overrides`` merged in one level deep (a run config's ``model:`` section), e.g.
+    ``{s2: {in_chans: 1}, hr: null}``."""
+    d = get_preset(name).to_dict()
+    for key, value in overrides.items():
+        if key not in d:
+            raise ValueError(f"model.{key}: not a SkySenseConfig field; known: {sorted(d)}")
+        d[key] = {**d[key], **value} if isinstance(value, dict) and isinstance(d[key], dict) else value
+    return SkySenseConfig.from_dict(d)

@@ -37,7 +37,7 @@ from skysense.engine.distributed import (
     wrap_ddp,
 )
 from skysense.engine.metrics import MetricsLog
-from skysense.engine.schedules import cosine, warmup_cosine
+from skysense.engine.schedules import lr_at, wd_at
 from skysense.engine.state import CKPT, RunState, restore, write_checkpoint
 from skysense.files import write_json
 
@@ -72,6 +72,8 @@ class Task(Protocol):
 
 
 BEST = "best.ckpt"
+# what a run writes that a later run would read back (resume, best score so far); overwrite removes them all
+RUN_FILES = (CKPT, "metrics.csv", BEST, "best.json", "validation.csv")
 
 
 def fit(task: Task, cfg: EngineConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -171,7 +173,7 @@ def _start(cfg: EngineConfig) -> Ranks:
 def _claim_out_dir(out_dir: Path, resume: bool, overwrite: bool, main: bool) -> None:
     """A run writes into a folder of its own: one holding another run's outputs is refused unless the
     call resumes it or says to overwrite it."""
-    earlier = [n for n in (CKPT, "metrics.csv") if (out_dir / n).exists()]
+    earlier = [n for n in RUN_FILES if (out_dir / n).exists()]
     if earlier and not (resume or overwrite):
         raise FileExistsError(
             f"{out_dir} holds an earlier run ({', '.join(earlier)}): pass --resume to continue it, "
@@ -186,8 +188,7 @@ def _claim_out_dir(out_dir: Path, resume: bool, overwrite: bool, main: bool) -> 
 
 def set_hyperparameters(opt: torch.optim.Optimizer, step: int, cfg: EngineConfig) -> tuple[float, float]:
     """lr and weight decay of ``step`` into every group (``lr_scale`` per group, none on ``no_decay``)."""
-    lr = warmup_cosine(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
-    wd = cosine(step, cfg.steps, cfg.weight_decay, cfg.weight_decay_end)
+    lr, wd = lr_at(step, cfg), wd_at(step, cfg)
     for group in opt.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
         if group.get("name") != "no_decay":

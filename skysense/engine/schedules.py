@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from skysense.engine.config import EngineConfig
 
 
 def cosine(step: int, total: int, start: float, end: float) -> float:
@@ -24,3 +28,13 @@ def linear_ramp(step: int, steps: int, start: float, end: float) -> float:
     if steps <= 0 or step >= steps:
         return end
     return start + (end - start) * step / steps
+
+
+def lr_at(step: int, cfg: EngineConfig) -> float:
+    """The run's learning rate: linear warm-up to ``lr`` over ``warmup_steps``, then cosine to ``min_lr``."""
+    return warmup_cosine(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
+
+
+def wd_at(step: int, cfg: EngineConfig) -> float:
+    """The run's weight decay: cosine from ``weight_decay`` at step 0 to ``weight_decay_end`` at the end."""
+    return cosine(step, cfg.steps, cfg.weight_decay, cfg.weight_decay_end)

@@ -30,12 +30,12 @@ from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
 
 from skysense.checkpoint import LoadReport, load_state_checked
-from skysense.config import SkySenseConfig, check_ranges, from_dict, get_preset
+from skysense.config import SkySenseConfig, check_ranges, from_dict, preset_with
 from skysense.data.sources import DataConfig, build_dataset
 from skysense.engine.config import EngineConfig
 from skysense.engine.distributed import Ranks, average_, fully_shard_units
 from skysense.engine.loop import fit
-from skysense.engine.schedules import cosine, linear_ramp, warmup_cosine
+from skysense.engine.schedules import linear_ramp
 from skysense.engine.state import CKPT, full_model_state, load_checkpoint
 from skysense.models.skysense import SkySense, build_model
 from skysense.pretrain.losses import LossConfig
@@ -81,16 +81,6 @@ class TrainConfig(EngineConfig):
 # ----------------------------------------------------------------------------- schedules
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr`` over ``warmup_steps`` (step 0 gets lr / warmup), then cosine to ``min_lr``."""
-    return warmup_cosine(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
-
-
-def wd_at(step: int, cfg: TrainConfig) -> float:
-    """Cosine from ``weight_decay`` at step 0 to ``weight_decay_end`` at the last step."""
-    return cosine(step, cfg.steps, cfg.weight_decay, cfg.weight_decay_end)
-
-
 def teacher_temp_at(step: int, cfg: TrainConfig) -> float:
     """DINO's teacher temperature warm-up: linear from ``teacher_temp_start`` to ``loss.teacher_temp``."""
     final = cfg.pretrain.loss.teacher_temp
@@ -117,15 +107,7 @@ def loss_at(step: int, cfg: TrainConfig) -> LossConfig:
 def model_config(cfg: TrainConfig) -> SkySenseConfig:
     """The preset with ``cfg.model`` merged in (one level deep); its encoders must be the modalities of
     ``cfg.data`` (an encoder without data would get no gradient; data without an encoder is unread)."""
-    d = get_preset(cfg.preset).to_dict()
-    for key, value in cfg.model.items():
-        if key not in d:
-            raise ValueError(f"model.{key}: not a SkySenseConfig field; known: {sorted(d)}")
-        if isinstance(value, dict) and isinstance(d[key], dict):
-            d[key] = {**d[key], **value}
-        else:
-            d[key] = value
-    mcfg = SkySenseConfig.from_dict(d)
+    mcfg = preset_with(cfg.preset, cfg.model)
     if set(mcfg.modalities) != set(cfg.data.modalities):
         drop = [m for m in mcfg.modalities if m not in cfg.data.modalities]
         add = [m for m in cfg.data.modalities if m not in mcfg.modalities]

@@ -20,16 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from skysense.data.datasets import IGNORE_INDEX
 from skysense.data.root import data_root
+from skysense.data.sources import MODEL_KEYS as SOURCE_KEYS
 
-IGNORE_INDEX = -1
 SPLITS = ("train", "val", "test")
 QUADRANTS = {
     "train": (0, 1),
     "val": (2,),
     "test": (3,),
 }  # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
-MODEL_KEYS = ("hr", "s2", "s1", "hr_dates", "s2_dates", "s1_dates", "lat", "lon", "hr_pre", "hr_post")
+MODEL_KEYS = (*SOURCE_KEYS, "hr_pre", "hr_post")  # the encoder's inputs, and the two dates of a change pair
 
 
 @dataclass

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skysense.config import SkySenseConfig, check_ranges, get_preset
+from skysense.config import SkySenseConfig, check_ranges, preset_with
 from skysense.data.collate import collate
 from skysense.engine.config import EngineConfig
 from skysense.engine.distributed import Ranks
@@ -99,6 +99,7 @@ class TaskModel(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder, self.task, self.input = encoder, task, input
+        self.frozen_encoder = False  # set by the frozen mode: the encoder stays in eval mode
         cfg = encoder.cfg
         if input not in ("fused", *cfg.modalities):
             raise ValueError(f"input={input!r}: the encoder has {list(cfg.modalities)} (and fused)")
@@ -115,6 +116,13 @@ class TaskModel(nn.Module):
                 self.aux = FCNHead(hr[2], num_classes, head.channels, dropout=head.dropout)
         else:
             self.head = ChangeHead(hr, head.channels)
+
+    def train(self, mode: bool = True) -> TaskModel:
+        """A frozen encoder stays in eval mode (no drop-path), so training sees the features a probe reads."""
+        super().train(mode)
+        if self.frozen_encoder:
+            self.encoder.eval()
+        return self
 
     def features(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         return self.encoder({k: v for k, v in batch.items() if k in MODEL_KEYS and not k.startswith("hr_p")})
@@ -146,12 +154,7 @@ def _input_size(batch: Mapping[str, Any]) -> tuple[int, int]:
 
 def encoder_config(cfg: FinetuneConfig) -> SkySenseConfig:
     """The preset with ``cfg.model`` merged in (one level deep)."""
-    d = get_preset(cfg.preset).to_dict()
-    for key, value in cfg.model.items():
-        if key not in d:
-            raise ValueError(f"model.{key}: not a SkySenseConfig field; known: {sorted(d)}")
-        d[key] = {**d[key], **value} if isinstance(value, dict) and isinstance(d[key], dict) else value
-    return SkySenseConfig.from_dict(d)
+    return preset_with(cfg.preset, cfg.model)
 
 
 def build_encoder(cfg: FinetuneConfig) -> tuple[SkySense, dict[str, Any]]:
@@ -266,6 +269,7 @@ class FinetuneTask:
             ranks.device
         )
         freeze(self.model, cfg.mode, blocks=cfg.frozen_blocks)
+        self.model.frozen_encoder = cfg.mode == "frozen"
         self.device = ranks.device
         self.trained: nn.Module = self.model
         self.step_module: nn.Module = StepModule(self.model, cfg)
@@ -288,8 +292,7 @@ class FinetuneTask:
         return {"gen": gen}, {}
 
     def after_forward(self, ranks: Ranks) -> None:
-        if self.cfg.mode == "frozen":  # frozen features: no drop-path in the encoder
-            self.model.encoder.eval()
+        pass
 
     def grad_monitors(self) -> dict[str, float]:
         return {}

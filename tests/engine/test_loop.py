@@ -170,3 +170,20 @@ def test_validation_keeps_the_best_checkpoint(tmp_path):
     ]
     with pytest.raises(ValueError, match=r"monitor='oa': the task reports \['mse', 'score'\]"):
         fit(LeastSquares(validates=True), config(tmp_path / "bad", steps=10, monitor="oa"))
+
+
+def test_overwrite_starts_the_best_score_afresh(tmp_path):
+    """A run that overwrites an earlier one keeps its own best.ckpt, not the earlier run's best score."""
+    import json
+
+    fit(LeastSquares(validates=True), config(tmp_path / "run", steps=20, eval_every=10, monitor="score"))
+    assert json.loads((tmp_path / "run" / "best.json").read_text())["value"] == 3.0
+    with pytest.raises(FileExistsError, match="holds an earlier run"):
+        fit(LeastSquares(validates=True), config(tmp_path / "run", steps=10, monitor="score"))
+    again = fit(
+        LeastSquares(validates=True), config(tmp_path / "run", steps=10, monitor="score"), overwrite=True
+    )
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert (best["value"], best["step"]) == (1.0, 10) and again["step"] == 10
+    rows = list(csv.DictReader((tmp_path / "run" / "validation.csv").open()))
+    assert [r["step"] for r in rows] == ["10"]  # the earlier run's rows are gone

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from skysense.config import get_preset
 from skysense.data.sources import MODEL_KEYS, DataConfig, build_dataset, data_root
 from skysense.engine import state
 from skysense.engine.loop import batch_indices
+from skysense.engine.schedules import lr_at, wd_at
 from skysense.engine.state import load_checkpoint
 from skysense.pretrain import trainer
 from skysense.pretrain.cli import add_commands, load_config
@@ -28,11 +30,9 @@ from skysense.pretrain.trainer import (
     TrainConfig,
     dense_ramp_at,
     loss_at,
-    lr_at,
     param_groups,
     teacher_temp_at,
     train,
-    wd_at,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -797,7 +797,7 @@ def test_model_overrides_merge_into_the_preset(tmp_path):
         data=DataConfig(modalities=("s2",)),
     )
     m = trainer.model_config(cfg)
-    assert m.s2.in_chans == 1 and m.s2.embed_dim == trainer.get_preset("tiny").s2.embed_dim
+    assert m.s2.in_chans == 1 and m.s2.embed_dim == get_preset("tiny").s2.embed_dim
     assert m.hr is None and m.s1 is None and m.geo is None
     assert cfg.model == {"s2": {"in_chans": 1}, "geo": None, "hr": None, "s1": None}  # left alone
     with pytest.raises(ValueError, match="not a SkySenseConfig field"):

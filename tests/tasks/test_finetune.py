@@ -132,6 +132,9 @@ def test_frozen_mode_trains_the_head_only_and_layer_decay_reaches_the_optimiser(
     task = FinetuneTask(_tiny_cfg(tmp_path, mode="frozen"))
     task.setup(CPU, fresh=True)
     assert not any(p.requires_grad for p in task.model.encoder.parameters())
+    task.trained.train()  # what the loop calls before every step
+    assert task.model.training and not task.model.encoder.training  # no drop-path in frozen features
+    assert all(not m.training for m in task.model.encoder.modules())
     assert all(g["lr_scale"] == 1.0 for g in task.param_groups())  # the head alone, at full lr
     task = FinetuneTask(_tiny_cfg(tmp_path, mode="full", layer_decay=0.5))
     task.setup(CPU, fresh=True)
