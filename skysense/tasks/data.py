@@ -1,7 +1,7 @@
 """Downstream data (paper Sec. 4): labelled samples of each task, split without spatial overlap.
 
-Every builder returns normalised sample dicts (model keys + ``label`` or ``target``) per split, held
-in memory (the shared sets are small). Splits:
+Every builder returns normalised sample dicts (model keys + ``label`` or ``target``) of the splits it is
+asked for, held in memory (the shared sets are small). Splits:
 
 - scene and pixel-series sets: the project's hash split of the sample id (:mod:`skysense.data.splits`);
 - segmentation tiles, change pairs and single chips: **quadrants** of every image (top-left and
@@ -95,12 +95,12 @@ def _keep(sample: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- one builder per dataset
 
 
-def _scenes(cfg: TaskDataConfig) -> TaskData:
+def _scenes(cfg: TaskDataConfig, which: Sequence[str]) -> TaskData:
     from skysense.data.scenes import load_scenes, per_class
 
     root = _root(cfg, "aid")
     splits, classes = {}, []
-    for split in SPLITS:
+    for split in which:
         scenes = load_scenes(root, split, cfg.size, tuple(cfg.fractions), progress=False)  # type: ignore[arg-type]
         if split == "train":
             scenes = per_class(scenes, cfg.per_class)
@@ -111,16 +111,16 @@ def _scenes(cfg: TaskDataConfig) -> TaskData:
 
 def _segmentation(
     default: str, reduce_zero_label: bool, classes: Sequence[str]
-) -> Callable[[TaskDataConfig], TaskData]:
-    def build(cfg: TaskDataConfig) -> TaskData:
+) -> Callable[[TaskDataConfig, Sequence[str]], TaskData]:
+    def build(cfg: TaskDataConfig, which: Sequence[str]) -> TaskData:
         from skysense.data import Segmentation
 
         ds = Segmentation(_root(cfg, default), reduce_zero_label=reduce_zero_label)
-        splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+        splits: dict[str, list[dict[str, Any]]] = {s: [] for s in which}
         for i in range(len(ds)):
             s = ds[i]
             sample = {"hr": _hr(s["hr"]), "target": s["target"]}
-            for split in SPLITS:
+            for split in which:
                 splits[split] += quadrant_tiles(sample, cfg.size, split)
         return TaskData(splits, list(classes), "segmentation")
 
@@ -131,34 +131,34 @@ LOVEDA = ("background", "building", "road", "water", "barren", "forest", "agricu
 POTSDAM = ("impervious surface", "building", "low vegetation", "tree", "car", "clutter")
 
 
-def _change(cfg: TaskDataConfig) -> TaskData:
+def _change(cfg: TaskDataConfig, which: Sequence[str]) -> TaskData:
     from skysense.data import ChangeDetection
 
     ds = ChangeDetection(_root(cfg, "levir_cd"))
-    splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    splits: dict[str, list[dict[str, Any]]] = {s: [] for s in which}
     for i in range(len(ds)):
         s = ds[i]
         pair = {"hr_pre": _hr(s["hr_pre"]), "hr_post": _hr(s["hr_post"]), "target": s["target"]}
-        for split in SPLITS:
+        for split in which:
             splits[split] += quadrant_tiles(pair, cfg.size, split)
     return TaskData(splits, ["no change", "change"], "change")
 
 
-def _sen1floods11(cfg: TaskDataConfig) -> TaskData:
+def _sen1floods11(cfg: TaskDataConfig, which: Sequence[str]) -> TaskData:
     from skysense.data import Normalize, Sen1Floods11
 
     mods = tuple(m for m in ("s2", "s1") if m in cfg.modalities)
     ds = Sen1Floods11(_root(cfg, "sen1floods11"), modalities=mods)
     norm = Normalize()
-    splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    splits: dict[str, list[dict[str, Any]]] = {s: [] for s in which}
     for i in range(len(ds)):
         sample = _keep(norm(ds[i]))
-        for split in SPLITS:
+        for split in which:
             splits[split] += quadrant_tiles(sample, cfg.size, split)
     return TaskData(splits, list(Sen1Floods11.classes), "segmentation")
 
 
-def _slovenia(cfg: TaskDataConfig) -> TaskData:
+def _slovenia(cfg: TaskDataConfig, which: Sequence[str]) -> TaskData:
     from skysense.data import EOPatchDataset
     from skysense.data.sources import standardise_series
 
@@ -166,17 +166,17 @@ def _slovenia(cfg: TaskDataConfig) -> TaskData:
     sample = _keep(standardise_series(ds[0]))
     sample = _subsample_dates(sample, cfg)
     classes = [c for c in (ds.classes or [str(i) for i in range(9)])]
-    splits = {split: quadrant_tiles(sample, cfg.size, split) for split in SPLITS}
+    splits = {split: quadrant_tiles(sample, cfg.size, split) for split in which}
     return TaskData(splits, classes, "segmentation")
 
 
-def _sits(cfg: TaskDataConfig) -> TaskData:
+def _sits(cfg: TaskDataConfig, which: Sequence[str]) -> TaskData:
     from skysense.data import PixelTimeSeries
 
     path = _root(cfg, "sits/samples_modis_ndvi.npz")
     splits: dict[str, list[dict[str, Any]]] = {}
     classes: list[str] = []
-    for split in SPLITS:
+    for split in which:
         ds = PixelTimeSeries(path, split=split, fractions=tuple(cfg.fractions))
         classes = list(ds.classes)
         splits[split] = [_subsample_dates(_standardised_pixel(_keep(ds[i])), cfg) for i in range(len(ds))]
@@ -189,7 +189,7 @@ def _standardised_pixel(sample: dict[str, Any]) -> dict[str, Any]:
     return sample
 
 
-def _bigearthnet(cfg: TaskDataConfig) -> TaskData:
+def _bigearthnet(cfg: TaskDataConfig, which: Sequence[str]) -> TaskData:
     from skysense.data import BigEarthNetMM, Normalize
 
     mods = tuple(m for m in ("s2", "s1") if m in cfg.modalities)
@@ -203,7 +203,7 @@ def _bigearthnet(cfg: TaskDataConfig) -> TaskData:
         samples.append(s)
     classes = list(getattr(ds, "classes", [str(i) for i in range(samples[0]["label"].numel())]))
     # 3 patches: every split is all of them (a smoke run of the code path, not a result)
-    return TaskData({s: samples for s in SPLITS}, classes, "multilabel")
+    return TaskData({s: samples for s in which}, classes, "multilabel")
 
 
 def _subsample_dates(sample: dict[str, Any], cfg: TaskDataConfig) -> dict[str, Any]:
@@ -215,7 +215,7 @@ def _subsample_dates(sample: dict[str, Any], cfg: TaskDataConfig) -> dict[str, A
     return sample
 
 
-DATASETS: dict[str, Callable[[TaskDataConfig], TaskData]] = {
+DATASETS: dict[str, Callable[[TaskDataConfig, Sequence[str]], TaskData]] = {
     "aid": _scenes,
     "scenes": _scenes,  # your own AID-style folder: root/<class>/*.jpg
     "loveda": _segmentation("seg_samples/loveda", True, LOVEDA),
@@ -230,10 +230,14 @@ DATASETS: dict[str, Callable[[TaskDataConfig], TaskData]] = {
 }
 
 
-def build_task_data(cfg: TaskDataConfig) -> TaskData:
+def build_task_data(cfg: TaskDataConfig, splits: Sequence[str] = SPLITS) -> TaskData:
+    """The samples of ``splits`` only (``evaluate`` scores one: AID decodes a third of its scenes)."""
     if cfg.dataset not in DATASETS:
         raise ValueError(f"data.dataset {cfg.dataset!r}: choose from {sorted(DATASETS)}")
-    data = DATASETS[cfg.dataset](cfg)
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"splits {list(splits)}: choose from {list(SPLITS)}")
+    data = DATASETS[cfg.dataset](cfg, tuple(splits))
     empty = [s for s, v in data.splits.items() if not v]
     if empty:
         raise ValueError(

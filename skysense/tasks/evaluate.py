@@ -53,7 +53,7 @@ def evaluate(
     model, cfg, meta = load_task_model(checkpoint)
     if data_root:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
-    data = build_task_data(cfg.data)
+    data = build_task_data(cfg.data, (split,))  # the scored split only
     name_classes(data, cfg)
     if len(data.classes) != len(meta["classes"]):
         raise ValueError(
