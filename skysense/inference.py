@@ -48,7 +48,7 @@ from torch import Tensor
 
 from skysense.inference_files import (
     Summary,
-    describe,
+    TiffPart,
     finalise,
     fingerprint_of,
     peak_rss_mb,
@@ -237,7 +237,7 @@ def tile_batch(
     fraction of each output cell (B, 1, n, n)."""
     tiles = [scene.tile(s * grid.step, j * grid.step, grid.tile) for j in js]
     sample: dict[str, Any] = {}
-    for key in (k for k in tiles[0][0] if not k.endswith("_invalid")):
+    for key in (k for k in tiles[0][0] if not k.endswith(("_invalid", "_cloud"))):
         x = torch.from_numpy(np.stack([t[0][key] for t in tiles]))
         if key.endswith("_dates"):
             sample[key] = x
@@ -245,6 +245,9 @@ def tile_batch(
         bad = torch.from_numpy(np.stack([t[0][f"{key}_invalid"] for t in tiles])).unsqueeze(-3)
         x = head.normalise[key.split("_")[0]](x)
         sample[key] = x.masked_fill(bad, 0.0) if bool(bad.any()) else x  # nodata -> 0
+        if f"{key}_cloud" in tiles[0][0]:  # a stack: where each date is left out of the fusion
+            cloud = torch.from_numpy(np.stack([t[0][f"{key}_cloud"] for t in tiles]))
+            sample[f"{key}_masked"] = bad.squeeze(-3) | cloud
     invalid = torch.from_numpy(np.stack([t[1] for t in tiles]))
     rows, cols = [s * grid.step] * len(js), [j * grid.step for j in js]
     sample |= lonlat(scene.crs, scene.transform, rows, cols, grid.tile)
@@ -298,20 +301,18 @@ def _share(n: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def run_part(
-    scene: Any, head: Head, grid: Grid, part: Path, strips: tuple[int, int], fingerprint: dict[str, Any],
-    tags: dict[str, Any], batch: int = 4, progress: bool = True, stop_after: int | None = None,
+    scene: Any, head: Head, grid: Grid, part: Any, strips: tuple[int, int], fingerprint: dict[str, Any],
+    batch: int = 4, progress: bool = True, stop_after: int | None = None,
 ) -> int:  # fmt: skip
-    """Strips [a, b) into ``part`` (resuming after the strips it records); returns the tiles computed.
-
-    ``stop_after``: raise after that many strips (tests kill a run this way)."""
+    """Strips [a, b) into ``part`` (a :class:`~skysense.inference_files.TiffPart` or
+    :class:`~skysense.inference_zarr.ZarrPart`), resuming after the strips its record holds; returns the
+    tiles computed. ``stop_after``: raise after that many strips (tests kill a run this way)."""
     from tqdm import tqdm
 
     a, b = strips
-    r_start, r_end = grid.final_rows(a)[0], grid.final_rows(b - 1)[1] if b > a else grid.final_rows(a)[0]
-    done = strips_done(part, fingerprint)
-    if done == 0 and b > a:
-        with rasterio.open(part, "w", **profile_of(scene, head, grid, r_start, r_end)) as dst:
-            describe(dst, head, tags)
+    done = strips_done(part.record, fingerprint) if part.exists() else 0
+    if done == 0:
+        part.create()
     if a + done >= b:
         return 0
     bar = tqdm(total=(b - a) * grid.cols, initial=done * grid.cols, unit="tile", disable=not progress)
@@ -323,10 +324,8 @@ def run_part(
         if s < a + done:  # the strip before the first to write: only its carry is needed
             continue
         tiles += grid.cols
-        with rasterio.open(part, "r+") as dst:
-            rows = finish_rows(head, acc[:, : f1 - f0])
-            dst.write(rows, window=Window(0, f0 - r_start, rows.shape[2], rows.shape[1]))
-        record(part, fingerprint, s + 1 - a)
+        part.write(finish_rows(head, acc[:, : f1 - f0]), f0)
+        record(part.record, fingerprint, s + 1 - a)
         km2 = scene.km2(min(grid.height - a * grid.step, (s + 1 - a) * grid.step))
         bar.update(grid.cols)
         bar.set_postfix_str(f"{km2:.2f} km², {tiles / (time.perf_counter() - t0):.2f} tiles/s")
@@ -356,17 +355,29 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
+FORMATS = ("gtiff", "cog", "zarr")
+
+
 def infer(
     inputs: Sequence[str | Path] | Any, out: str | Path, head: Head, *, model_file: str | Path,
     tile: int = 512, overlap: int = 64, batch: int = 4, progress: bool = True, overwrite: bool = False,
     settings: dict[str, Any] | None = None, stop_after: int | None = None, cog: bool = False,
+    fmt: str = "gtiff",
 ) -> Summary:  # fmt: skip
     """Run ``head`` over the scene ``inputs`` (raster paths, or a scene such as
-    :class:`skysense.inference_stack.StackScene`) into the GeoTIFF ``out`` (see the module doc).
+    :class:`skysense.inference_stack.StackScene`) into ``out`` (see the module doc): a GeoTIFF, a
+    Cloud-Optimised one (``fmt="cog"``, or ``cog``) or a Zarr store (``fmt="zarr"``,
+    :mod:`skysense.inference_zarr`).
 
     Under torchrun every rank calls this with the same arguments and computes its share of the strips;
-    rank 0 writes ``out`` (``cog``: as a Cloud-Optimised GeoTIFF). An existing ``out`` is a finished run:
-    returned at once unless ``overwrite``."""
+    rank 0 writes ``out``. An existing ``out`` is a finished run: returned at once unless ``overwrite``."""
+    fmt = "cog" if cog else fmt
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt == "zarr":
+        from skysense.inference_zarr import zarr_module
+
+        zarr_module()  # the clear error where zarr is missing, before any work
     out = Path(out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent}: the output folder does not exist: create it first")
@@ -381,32 +392,20 @@ def infer(
         grid = Grid(scene.height, scene.width, tile, 0 if head.fixed_tile else overlap, head.stride)
         settings = {**(settings or {}), "bands": head.bands}
         fp = fingerprint_of(scene.paths, str(model_file), grid, settings)
-        tags = {
-            **{k: v for k, v in settings.items() if k != "bands"},
-            "inputs": ",".join(str(p) for p in scene.paths),
-            "model": str(model_file),
-            "stride": grid.stride,
-            "tile": grid.tile,
-            "overlap": grid.overlap,
-            "blending": "linear ramp over the overlap, separable (skysense.inference)",
-            **getattr(scene, "tags", {}),
-        }
         shares = [_share(grid.rows, r, world) for r in range(world)]
-        parts = [(out.with_name(f"{out.name}.rank{r}of{world}.partial"), sh) for r, sh in enumerate(shares)]
-        parts = [(p, sh) for p, sh in parts if sh[1] > sh[0]]
         t0 = time.perf_counter()
         tiles = 0
+        writer = _Writer(out, fmt, scene, head, grid, _tags(scene, grid, model_file, settings), world)
+        if rank == 0:
+            writer.prepare(fp)
+        _barrier(world)
         if shares[rank][1] > shares[rank][0]:
-            part = out.with_name(f"{out.name}.rank{rank}of{world}.partial")
-            tiles = run_part(
-                scene, head, grid, part, shares[rank], fp, tags, batch, progress and rank == 0, stop_after
-            )
+            part = writer.part(rank, shares[rank])
+            show = progress and rank == 0
+            tiles = run_part(scene, head, grid, part, shares[rank], fp, batch, show, stop_after)
         _barrier(world)
         if rank == 0:
-            finalise([p for p, _ in parts], out, cog)
-            for p, _ in parts:
-                p.unlink(missing_ok=True)
-                Path(f"{p}.json").unlink(missing_ok=True)
+            writer.finalise([r for r, sh in enumerate(shares) if sh[1] > sh[0]])
         _barrier(world)
         seconds = time.perf_counter() - t0
         gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
@@ -414,3 +413,56 @@ def infer(
         return Summary(tiles, km2, seconds, peak_rss_mb(), gpu, str(out))
     finally:
         scene.close()
+
+
+def _tags(scene: Any, grid: Grid, model_file: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The run's metadata written with the output: settings, inputs, model, tiling, the stacks' dates."""
+    return {
+        **{k: v for k, v in settings.items() if k != "bands"},
+        "inputs": ",".join(str(p) for p in scene.paths),
+        "model": str(model_file),
+        "stride": grid.stride,
+        "tile": grid.tile,
+        "overlap": grid.overlap,
+        "blending": "linear ramp over the overlap, separable (skysense.inference)",
+        **getattr(scene, "tags", {}),
+    }
+
+
+class _Writer:
+    """The output of one format: each rank's part, and ``out`` made from them once all are written."""
+
+    def __init__(
+        self, out: Path, fmt: str, scene: Any, head: Head, grid: Grid, tags: dict[str, Any], world: int
+    ) -> None:
+        self.out, self.fmt, self.scene, self.head, self.grid, self.world = out, fmt, scene, head, grid, world
+        self.tags = tags
+        self.zarr = None
+        if fmt == "zarr":
+            from skysense.inference_zarr import ZarrOutput
+
+            self.zarr = ZarrOutput(out, scene, head.bands, grid, tags)
+
+    def _tiff(self, rank: int) -> Path:
+        return self.out.with_name(f"{self.out.name}.rank{rank}of{self.world}.partial")
+
+    def prepare(self, fingerprint: dict[str, Any]) -> None:
+        if self.zarr is not None:
+            self.zarr.prepare(fingerprint, self.world)
+
+    def part(self, rank: int, strips: tuple[int, int]) -> Any:
+        if self.zarr is not None:
+            return self.zarr.part(rank, self.world)
+        r0, r1 = self.grid.final_rows(strips[0])[0], self.grid.final_rows(strips[1] - 1)[1]
+        profile = profile_of(self.scene, self.head, self.grid, r0, r1)
+        return TiffPart(self._tiff(rank), profile, self.head.bands, self.tags, r0)
+
+    def finalise(self, ranks: Sequence[int]) -> None:
+        if self.zarr is not None:
+            self.zarr.finalise(self.world)
+            return
+        parts = [self._tiff(r) for r in ranks]
+        finalise(parts, self.out, self.fmt == "cog")
+        for p in parts:
+            p.unlink(missing_ok=True)
+            Path(f"{p}.json").unlink(missing_ok=True)

@@ -1,5 +1,6 @@
-"""``skysense embed`` and ``skysense predict``: large GeoTIFF scenes, tiled, resumable, under torchrun too
-(:mod:`skysense.inference`). Registered by ``skysense.cli`` through :func:`add_commands`."""
+"""``skysense embed`` and ``skysense predict``: large GeoTIFF scenes and dated s2/s1 stacks, tiled,
+resumable, under torchrun too, into a GeoTIFF, a COG or a Zarr store (:mod:`skysense.inference`).
+Registered by ``skysense.cli`` through :func:`add_commands`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from pathlib import Path
 
 from skysense.cli import COMMANDS
 
+CLOUD_HELP = (
+    "; cloudy pixels (a last band described SCL or CLM, or a sidecar <date file>_cloud.tif, non-zero = "
+    "cloud) leave their date out of the fusion there"
+)
 TILING_HELP = (
     "Tiles overlap by --overlap pixels and are blended with linear ramps; a killed run resumes where it "
     "stopped when the same command is run again (OUT appears only when complete). Under `torchrun "
@@ -59,56 +64,68 @@ def _guarded(run: Callable[[], object], out: str) -> object:
         ) from e
 
 
+def _stacks(args: argparse.Namespace, hr: str | None, bands: dict[str, int]) -> object | None:
+    """The scene of ``--s2``/``--s1`` stacks (with the hr image ``hr``), or None without stacks."""
+    stacks = {m: getattr(args, m) for m in ("s2", "s1") if getattr(args, m)}
+    if not stacks:
+        return None
+    from skysense.inference_stack import StackScene
+
+    return StackScene(hr, stacks, bands)
+
+
+def _run(args: argparse.Namespace, scene: object, head: object, model: str, settings: dict) -> object:
+    from skysense.inference import infer
+
+    return _guarded(lambda: infer(
+        scene, args.out, head, model_file=model, tile=args.tile, overlap=args.overlap,  # type: ignore[arg-type]
+        batch=args.batch_size, progress=not args.quiet, overwrite=args.overwrite, settings=settings,
+        fmt=args.format,
+    ), args.out)  # fmt: skip
+
+
 def _embed(args: argparse.Namespace) -> int:
     import dataclasses
 
     from skysense.checkpoint import read_meta
-    from skysense.inference import encoder_head, infer
+    from skysense.inference import encoder_head
 
     head = encoder_head(args.weights, args.level, _device(args.device), args.precision)
     settings = {"level": args.level, "precision": args.precision}
-    scene: object = [args.input]
-    stacks = {m: getattr(args, m) for m in ("s2", "s1") if getattr(args, m)}
-    if stacks:
-        from skysense.inference_stack import StackScene
-
-        if args.level != "fused":
-            raise ValueError("--s2/--s1 stacks give the fused map: drop --level (or use it with hr alone)")
-        bands = {m: len(spec.bands) for m, spec in read_meta(args.weights).modalities.items()}
-        scene = StackScene(args.input, stacks, bands)
-        if not args.input:  # the fused map on the first stack's grid: one cell per pixel
-            head = dataclasses.replace(head, stride=1)
-    elif not args.input:
+    if (args.s2 or args.s1) and args.level != "fused":
+        raise ValueError("--s2/--s1 stacks give the fused map: drop --level (or use it with hr alone)")
+    bands = {m: len(spec.bands) for m, spec in read_meta(args.weights).modalities.items()}
+    scene = _stacks(args, args.input, bands)
+    if scene is not None and not args.input:  # the fused map on the first stack's grid: one cell a pixel
+        head = dataclasses.replace(head, stride=1)
+    if scene is None and not args.input:
         raise ValueError("give an hr GeoTIFF and/or --s2/--s1 stack folders")
-    return _finish(
-        _guarded(lambda: infer(
-            scene, args.out, head, model_file=args.weights, tile=args.tile, overlap=args.overlap,
-            batch=args.batch_size, progress=not args.quiet, overwrite=args.overwrite, settings=settings,
-            cog=args.cog,
-        ), args.out)
-    )  # fmt: skip
+    return _finish(_run(args, scene or [args.input], head, args.weights, settings))
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from skysense.inference import infer, task_head
+    from skysense.inference import task_head
 
-    head = task_head(args.checkpoint, args.tile, _device(args.device), args.precision)
-    if len(args.inputs) != len(head.inputs):
+    head = task_head(args.checkpoint, args.tile, _device(args.device), args.precision, args.stats)
+    settings = {"precision": args.precision, **({"stats": str(args.stats)} if args.stats else {})}
+    scene = _stacks(args, args.inputs[0] if args.inputs else None, head.modality_bands)
+    if scene is not None:
+        if head.inputs == ("hr",) or len(args.inputs) > 1:
+            raise ValueError(
+                f"{args.checkpoint}: this checkpoint reads {', '.join(head.inputs)}; --s2/--s1 stacks "
+                "(with at most one hr image) go with multi-modal segmentation checkpoints"
+            )
+    elif len(args.inputs) != len(head.inputs):
         raise ValueError(
             f"the checkpoint's task takes {len(head.inputs)} input(s) ({', '.join(head.inputs)}), "
             f"got {len(args.inputs)}"
         )
-    out = Path(args.out)
-    summary = _guarded(lambda: infer(
-        args.inputs, out, head, model_file=args.checkpoint, tile=args.tile, overlap=args.overlap,
-        batch=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
-        settings={"precision": args.precision}, cog=args.cog,
-    ), args.out)  # fmt: skip
-    return _finish(summary, out.with_suffix(".png"))
+    summary = _run(args, scene or args.inputs, head, args.checkpoint, settings)
+    return _finish(summary, Path(args.out).with_suffix(".png"))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output GeoTIFF (its folder must exist)")
+    p.add_argument("--out", required=True, help="output GeoTIFF or Zarr store (its folder must exist)")
     p.add_argument("--tile", type=int, default=512, help="tile side in input pixels, a multiple of 32")
     p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles (multiple of 32)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward")
@@ -118,7 +135,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="= --precision bf16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--overwrite", action="store_true", help="recompute even where OUT exists")
-    p.add_argument("--cog", action="store_true", help="write OUT as a Cloud-Optimised GeoTIFF (deflate)")
+    p.add_argument(
+        "--format", default="gtiff", choices=("gtiff", "cog", "zarr"),
+        help="OUT as a GeoTIFF, a Cloud-Optimised GeoTIFF (deflate) or a Zarr store (pip install "
+        "skysense[zarr]): the same bands, CRS, transform and tags",
+    )  # fmt: skip
+    p.add_argument("--cog", dest="format", action="store_const", const="cog", help="= --format cog")
+    for m, sensor in (("s2", "Sentinel-2"), ("s1", "Sentinel-1, dB")):
+        p.add_argument(
+            f"--{m}", metavar="FOLDER", help=f"{sensor} stack: one GeoTIFF per date, the date in its name"
+            + (CLOUD_HELP if m == "s2" else "")
+        )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -132,10 +159,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "first stack's) where all of them overlap. " + TILING_HELP,
     )
     p.add_argument("input", nargs="?", metavar="INPUT", help="an hr GeoTIFF (bands as the weights expect)")
-    for m, sensor in (("s2", "Sentinel-2"), ("s1", "Sentinel-1, dB")):
-        p.add_argument(
-            f"--{m}", metavar="FOLDER", help=f"{sensor} stack: one GeoTIFF per date, the date in its name"
-        )
     p.add_argument("--weights", required=True, help="encoder .safetensors (skysense convert / export)")
     p.add_argument("--level", default="fused", choices=("fused", "hr1", "hr2", "hr3", "hr4"))
     _common(p)
@@ -145,9 +168,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help=COMMANDS["predict"][1],
         description="Segmentation: bands class, confidence; change (two inputs, before and after, on one "
         "grid): change, probability; scene classification: class, confidence and one score per class "
-        "for each tile (one cell per --tile pixels). A PNG of band 1 is written beside OUT. " + TILING_HELP,
+        "for each tile (one cell per --tile pixels). Segmentation checkpoints of s2/s1 models (input fused) "
+        "run over --s2/--s1 stacks (with an hr image where the model takes one), aligned as in embed. A PNG "
+        "of band 1 is written beside OUT. " + TILING_HELP,
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="an hr GeoTIFF; for change: BEFORE AFTER")
+    p.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="an hr GeoTIFF; for change: BEFORE AFTER; none with stacks"
+    )
     p.add_argument("--checkpoint", required=True, help="RUN/best.ckpt of `skysense finetune`")
+    p.add_argument(
+        "--stats", metavar="FILE", help="normalisation statistics (`skysense stats --out`) of inputs the "
+        "checkpoint has none for (e.g. a 1-band NDVI stack)",
+    )  # fmt: skip
     _common(p)
     p.set_defaults(func=_predict)

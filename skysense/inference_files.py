@@ -1,6 +1,7 @@
 """The files of large-scene inference (:mod:`skysense.inference`): the output GeoTIFF's profile and band
-names, the progress record of each part (written atomically after each strip), the run's identity
-(inputs, model, tiling, settings), joining the ranks' parts, the summary and the quick-look PNG."""
+names, each rank's GeoTIFF part and its progress record (written atomically after each strip), the run's
+identity (inputs, model, tiling, settings), joining the ranks' parts, the summary and the quick-look PNG
+(of a GeoTIFF or a Zarr output, :mod:`skysense.inference_zarr`)."""
 
 from __future__ import annotations
 
@@ -40,10 +41,38 @@ def profile_of(scene: Any, head: Any, grid: Any, r0: int, r1: int) -> dict[str, 
     }
 
 
-def describe(dst: Any, head: Any, tags: dict[str, Any]) -> None:
-    for i, name in enumerate([*head.bands, "valid"], start=1):
+def describe(dst: Any, bands: Sequence[str], tags: dict[str, Any]) -> None:
+    for i, name in enumerate([*bands, "valid"], start=1):
         dst.set_band_description(i, name)
     dst.update_tags(**{k: str(v) for k, v in tags.items()})
+
+
+@dataclass
+class TiffPart:
+    """One rank's output rows [r_start, ...) as a GeoTIFF (``OUT.rank{r}of{N}.partial``), its progress
+    record beside it (``<part>.json``)."""
+
+    path: Path
+    profile: dict[str, Any]
+    bands: list[str]
+    tags: dict[str, Any]
+    r_start: int
+
+    @property
+    def record(self) -> Path:
+        return Path(f"{self.path}.json")
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def create(self) -> None:
+        with rasterio.open(self.path, "w", **self.profile) as dst:
+            describe(dst, self.bands, self.tags)
+
+    def write(self, rows: np.ndarray, r0: int) -> None:
+        """(bands, h, w) output rows starting at output row ``r0`` of the whole grid."""
+        with rasterio.open(self.path, "r+") as dst:
+            dst.write(rows, window=Window(0, r0 - self.r_start, rows.shape[2], rows.shape[1]))
 
 
 def fingerprint_of(paths: Sequence[Path], model: str, grid: Any, settings: dict[str, Any]) -> dict[str, Any]:
@@ -57,13 +86,14 @@ def fingerprint_of(paths: Sequence[Path], model: str, grid: Any, settings: dict[
     }
 
 
-def strips_done(part: Path, fingerprint: dict[str, Any]) -> int:
-    """Strips already written to ``part`` (0 for a fresh part); a mismatching record is an error."""
-    record = Path(f"{part}.json")
-    if not part.exists() or not record.exists():
+def strips_done(record: Path, fingerprint: dict[str, Any]) -> int:
+    """Strips already written by the run whose progress ``record`` this is (0 where there is none); a
+    record of another run is an error."""
+    if not record.exists():
         return 0
     data = json.loads(record.read_text())
     if data["fingerprint"] != fingerprint:
+        part = str(record).removesuffix(".json")
         raise ValueError(
             f"{part} holds an unfinished run with other inputs or settings: rerun that command to finish "
             f"it, or delete {part} and {record} to start anew"
@@ -71,13 +101,14 @@ def strips_done(part: Path, fingerprint: dict[str, Any]) -> int:
     return int(data["strips_done"])
 
 
-def record(part: Path, fingerprint: dict[str, Any], done: int) -> None:
+def record(path: Path, fingerprint: dict[str, Any], done: int) -> None:
+    """The progress record ``path``: ``done`` strips of the run ``fingerprint`` are written."""
     text = json.dumps({"fingerprint": fingerprint, "strips_done": done})
 
     def write(tmp: Path) -> None:
         tmp.write_text(text)
 
-    atomic_write(f"{part}.json", write)
+    atomic_write(path, write)
 
 
 @dataclass
@@ -149,20 +180,32 @@ def merge(parts: Sequence[Path], partial: Path) -> Path:
     return partial
 
 
-def quicklook(tif: str | Path, png: str | Path, max_side: int = 1024) -> Path:
-    """A PNG of band 1 of ``tif`` (a class map in tab20 colours, a probability or change map in grey),
-    read at most ``max_side`` pixels a side; nodata is white."""
+def first_band(path: str | Path, max_side: int) -> tuple[np.ndarray, str]:
+    """Band 1 of a GeoTIFF or Zarr output, every k-th cell so that a side is at most ``max_side``, and
+    its name."""
+    if Path(path).is_dir():
+        from skysense.inference_zarr import open_output
+
+        arr, attrs = open_output(path)
+        k = max(1, math.ceil(max(arr.shape[1:]) / max_side))
+        return np.asarray(arr[0, ::k, ::k]), str(attrs["band_names"][0])
+    with rasterio.open(path) as src:
+        k = max(1, math.ceil(max(src.height, src.width) / max_side))
+        band = src.read(
+            1, out_shape=(max(1, src.height // k), max(1, src.width // k)), resampling=Resampling.nearest
+        )
+        return band, src.descriptions[0] or ""
+
+
+def quicklook(out: str | Path, png: str | Path, max_side: int = 1024) -> Path:
+    """A PNG of band 1 of the output ``out`` (a class map in tab20 colours, a probability or change map
+    in grey), read at most ``max_side`` pixels a side; nodata is white."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with rasterio.open(tif) as src:
-        k = max(1, math.ceil(max(src.height, src.width) / max_side))
-        band = src.read(
-            1, out_shape=(max(1, src.height // k), max(1, src.width // k)), resampling=Resampling.nearest
-        )
-        name = src.descriptions[0] or ""
+    band, name = first_band(out, max_side)
     cmap = plt.get_cmap("tab20" if name == "class" else "gray").with_extremes(bad="white")
     vmax = 19 if name == "class" else max(1.0, float(np.nanmax(band)) if np.isfinite(band).any() else 1.0)
 

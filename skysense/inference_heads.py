@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class Head:
     finish: Callable[[np.ndarray], np.ndarray] = lambda a: a
     inputs: tuple[str, ...] = ("hr",)
     fixed_tile: bool = False  # classification: one score per tile, no overlap
+    modality_bands: dict[str, int] = field(default_factory=dict)  # bands the model takes, per modality
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -74,6 +75,77 @@ def _wrap(fn: Callable[[dict[str, Tensor]], Tensor], device: torch.device, preci
     return run
 
 
+SERIES = ("s2", "s1")
+
+
+class CellMaskedFusion(torch.nn.Module):
+    """The temporal fusion with each date left out where ``cell_pad`` (B, L, h, w) says, cell by cell.
+
+    The fusion mixes the tokens of one cell only (paper Eq. 2-3), so the cells go into the batch
+    dimension, each with its own padding: (B, L, C, h, w) -> (B h w, L, C, 1, 1). With ``cell_pad``
+    None it is the wrapped fusion."""
+
+    def __init__(self, fusion: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = fusion
+        self.cell_pad: Tensor | None = None
+
+    def forward(self, feats: Tensor, days: Tensor, dated: Tensor, pad: Tensor) -> Tensor:
+        if self.cell_pad is None:
+            return self.inner(feats, days, dated, pad)
+        b, l, c, h, w = feats.shape
+        cells = (self.cell_pad | pad[:, :, None, None]).permute(0, 2, 3, 1).reshape(b * h * w, l)
+
+        def per_cell(t: Tensor) -> Tensor:  # (B, L) -> (B h w, L)
+            return t[:, None].expand(b, h * w, l).reshape(b * h * w, l)
+
+        x = feats.permute(0, 3, 4, 1, 2).reshape(b * h * w, l, c, 1, 1)
+        out = self.inner(x, per_cell(days), per_cell(dated), cells)  # (B h w, D, 1, 1)
+        return out.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def cell_pads(batch: dict[str, Tensor]) -> Tensor | None:
+    """Pop ``{s2,s1}_masked`` (B, T, n, n) from ``batch`` -> (B, L, h, w) on the fused grid, True where a
+    date is left out of a cell: where any of its pixels there is masked (nodata, cloud). The grid and
+    the token order L = [hr, s2 dates, s1 dates] are the model's (:meth:`SkySense.forward`)."""
+    masked = {m: batch.pop(f"{m}_masked") for m in SERIES if f"{m}_masked" in batch}
+    if not masked:
+        return None
+    series = [m for m in SERIES if m in batch]
+    if "hr" in batch:
+        grid = (batch["hr"].shape[-2] // MODEL_STRIDE, batch["hr"].shape[-1] // MODEL_STRIDE)
+    else:
+        grid = (batch[series[0]].shape[-2], batch[series[0]].shape[-1])
+    b, dev = batch[series[0]].shape[0], batch[series[0]].device
+    pads = [torch.zeros(b, 1, *grid, dtype=torch.bool, device=dev)] if "hr" in batch else []
+    for m in series:
+        x = batch[m]
+        mask = masked.get(m, torch.zeros(x.shape[:2] + x.shape[-2:], dtype=torch.bool, device=dev)).float()
+        n = mask.shape[-1]
+        if n > grid[1]:  # several pixels per cell: any masked one leaves the date out
+            mask = torch.nn.functional.max_pool2d(mask, n // grid[1])
+        elif n < grid[1]:  # several cells per pixel
+            mask = mask.repeat_interleave(grid[0] // n, -2).repeat_interleave(grid[1] // n, -1)
+        pads.append(mask > 0)
+    return torch.cat(pads, 1)
+
+
+def masked_cells(model: SkySense, fn: Callable[[dict[str, Tensor]], Tensor]) -> Callable[..., Tensor]:
+    """``fn`` (a forward of ``model``) with the stacks' masked pixels left out of the fusion per cell."""
+    fusion = CellMaskedFusion(model.fusion)
+    model.fusion = fusion  # type: ignore[assignment]
+
+    def run(batch: dict[str, Tensor]) -> Tensor:
+        batch = dict(batch)
+        fusion.cell_pad = cell_pads(batch)
+        try:
+            return fn(batch)
+        finally:
+            fusion.cell_pad = None
+
+    return run
+
+
 def encoder_head(
     weights: str | Path, level: str = "fused", device: str = "cpu", precision: str = "auto"
 ) -> Head:
@@ -99,51 +171,87 @@ def encoder_head(
         width, stride = int(meta.config.hr.out_channels[i]), 4 * 2**i
     bands = [f"{level}_{k:04d}" for k in range(width)]
     norms: dict[str, Callable[[Tensor], Tensor]] = {m: s.normalise for m, s in meta.modalities.items()}
-    if level == "fused" and any(m in meta.modalities for m in ("s2", "s1")):
+    if level == "fused" and any(m in meta.modalities for m in SERIES):
         inputs: tuple[str, ...] = ("hr", "s2", "s1")  # whichever a scene gives (the model takes any subset)
+        fn = masked_cells(model, fn)
     else:
         inputs = ("hr",)
     return Head(_wrap(fn, dev, precision), stride, width, bands, norms, in_bands, inputs=inputs)
 
 
-def task_head(checkpoint: str | Path, tile: int, device: str = "cpu", precision: str = "auto") -> Head:
-    """``predict``: segmentation (class, confidence), change (change, probability) or scene
-    classification (class, confidence, one score per class; one cell per tile)."""
+def normaliser(
+    m: str, bands: int, contract: dict[str, Any], stats: str | Path | None = None
+) -> Callable[[Tensor], Tensor]:
+    """Modality ``m``'s normalisation: the checkpoint's input contract, else the ``stats`` file
+    (``skysense stats --out``), else the sensor's default statistics (:func:`sensor_spec`)."""
     from skysense.checkpoint import _spec, sensor_spec
+
+    if m in contract:
+        return _spec(contract[m]).normalise
+    if stats is not None:
+        from skysense.bands import load_stats
+
+        table = load_stats(stats)
+        if m in table and len(table[m].bands) == bands:
+            st = table[m]
+            mean, std = torch.tensor(st.mean).view(-1, 1, 1), torch.tensor(st.std).view(-1, 1, 1)
+            return lambda x: (x.float() - mean) / std
+        raise ValueError(f"{stats}: no statistics of {bands} {m} band(s) (it has {sorted(table)})")
+    try:
+        return sensor_spec(m, bands).normalise
+    except ValueError:
+        raise ValueError(
+            f"the checkpoint's {m} input has {bands} band(s) and no normalisation statistics: give them "
+            f"with --stats FILE (`skysense stats` of the data it was trained on)"
+        ) from None
+
+
+def task_head(
+    checkpoint: str | Path, tile: int, device: str = "cpu", precision: str = "auto",
+    stats: str | Path | None = None,
+) -> Head:  # fmt: skip
+    """``predict``: segmentation (class, confidence; over hr images or s2/s1 stacks through the fused
+    map), change (change, probability) or scene classification (class, confidence, one score per
+    class; one cell per tile)."""
     from skysense.tasks.evaluate import load_task_model
 
     model, _, meta = load_task_model(checkpoint)
-    if "hr" not in model.encoder.cfg.modalities or meta["input"] not in ("hr", "fused"):
+    cfg, task = model.encoder.cfg, meta["task"]
+    stacked = task == "segmentation" and meta["input"] != "hr" and any(m in cfg.modalities for m in SERIES)
+    if not stacked and ("hr" not in cfg.modalities or meta["input"] not in ("hr", "fused")):
         raise ValueError(
-            f"{checkpoint}: predict runs checkpoints over hr images; this one reads {meta['input']!r}"
+            f"{checkpoint}: predict runs hr checkpoints and segmentation over s2/s1 stacks; this one is "
+            f"{task} over {meta['input']!r}"
         )
     dev = torch.device(device)
     model.to(dev)
-    hr = (meta.get("contract") or {}).get("hr")
-    hr_cfg = model.encoder.cfg.hr
-    assert hr_cfg is not None
-    spec = _spec(hr) if hr else sensor_spec("hr", hr_cfg.in_chans)
+    bands = {m: int(getattr(cfg, m).in_chans) for m in cfg.modalities}
+    contract = meta.get("contract") or {}
+    norms = {m: normaliser(m, n, contract, stats) for m, n in bands.items() if stacked or m == "hr"}
     classes = [str(c) for c in meta["classes"]]
-    task = meta["task"]
 
     def top(p: np.ndarray) -> np.ndarray:  # (K, h, w) probabilities -> class, confidence
         return np.stack([p.argmax(0).astype(np.float32), p.max(0)])
 
-    common: dict[str, Any] = {"normalise": {"hr": spec.normalise}, "in_bands": len(spec.bands)}
+    common: dict[str, Any] = {"normalise": norms, "in_bands": bands.get("hr", 0), "modality_bands": bands}
     if task == "segmentation":
         fn: Callable[[dict[str, Tensor]], Tensor] = lambda b: model(b)["logits"].softmax(1)  # noqa: E731
-        return Head(_wrap(fn, dev, precision), 1, len(classes), ["class", "confidence"], finish=top, **common)
+        inputs: tuple[str, ...] = ("hr",)
+        if stacked:
+            fn, inputs = masked_cells(model.encoder, fn), tuple(m for m in ("hr", *SERIES) if m in bands)
+        run = _wrap(fn, dev, precision)
+        return Head(run, 1, len(classes), ["class", "confidence"], finish=top, inputs=inputs, **common)
     if task == "change":
         fn = lambda b: model(b)["logits"].sigmoid()  # noqa: E731
         flag = lambda p: np.concatenate([(p > 0.5).astype(np.float32), p])  # noqa: E731
-        bands = ["change", "probability"]
+        bands_out = ["change", "probability"]
         return Head(
-            _wrap(fn, dev, precision), 1, 1, bands, finish=flag, inputs=("hr_pre", "hr_post"), **common
+            _wrap(fn, dev, precision), 1, 1, bands_out, finish=flag, inputs=("hr_pre", "hr_post"), **common
         )
     if task == "classification":
         fn = lambda b: model(b)["logits"].softmax(1)[..., None, None]  # noqa: E731
         scores = lambda p: np.concatenate([top(p), p])  # noqa: E731
-        bands = ["class", "confidence", *[f"score_{c}" for c in classes]]
+        bands_out = ["class", "confidence", *[f"score_{c}" for c in classes]]
         run = _wrap(fn, dev, precision)
-        return Head(run, tile, len(classes), bands, finish=scores, fixed_tile=True, **common)
+        return Head(run, tile, len(classes), bands_out, finish=scores, fixed_tile=True, **common)
     raise ValueError(f"{checkpoint}: predict does not handle task {task!r} yet")
