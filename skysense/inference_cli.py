@@ -104,18 +104,20 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from skysense.detection.predict import is_detection_checkpoint, predict_cli
     from skysense.inference import task_head
 
+    if is_detection_checkpoint(args.checkpoint):  # boxes: GeoJSON / DOTA / COCO (skysense.detection.predict)
+        return predict_cli(args)
     head = task_head(args.checkpoint, args.tile, _device(args.device), args.precision, args.stats)
     settings = {"precision": args.precision, **({"stats": str(args.stats)} if args.stats else {})}
+    if (args.s2 or args.s1) and (head.inputs == ("hr",) or len(args.inputs) > 1):
+        raise ValueError(
+            f"{args.checkpoint}: this checkpoint reads {', '.join(head.inputs)}; --s2/--s1 stacks "
+            "(with at most one hr image) go with multi-modal segmentation checkpoints"
+        )
     scene = _stacks(args, args.inputs[0] if args.inputs else None, head.modality_bands)
-    if scene is not None:
-        if head.inputs == ("hr",) or len(args.inputs) > 1:
-            raise ValueError(
-                f"{args.checkpoint}: this checkpoint reads {', '.join(head.inputs)}; --s2/--s1 stacks "
-                "(with at most one hr image) go with multi-modal segmentation checkpoints"
-            )
-    elif len(args.inputs) != len(head.inputs):
+    if scene is None and len(args.inputs) != len(head.inputs):
         raise ValueError(
             f"the checkpoint's task takes {len(head.inputs)} input(s) ({', '.join(head.inputs)}), "
             f"got {len(args.inputs)}"
@@ -170,7 +172,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "grid): change, probability; scene classification: class, confidence and one score per class "
         "for each tile (one cell per --tile pixels). Segmentation checkpoints of s2/s1 models (input fused) "
         "run over --s2/--s1 stacks (with an hr image where the model takes one), aligned as in embed. A PNG "
-        "of band 1 is written beside OUT. " + TILING_HELP,
+        "of band 1 is written beside OUT. Detection checkpoints: boxes over tiles merged across their "
+        "borders, OUT .geojson (polygons in the image's CRS), .txt (DOTA labelTxt) or .json (COCO). "
+        + TILING_HELP,
     )
     p.add_argument(
         "inputs", nargs="*", metavar="INPUT", help="an hr GeoTIFF; for change: BEFORE AFTER; none with stacks"

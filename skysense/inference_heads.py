@@ -78,17 +78,18 @@ def _wrap(fn: Callable[[dict[str, Tensor]], Tensor], device: torch.device, preci
 SERIES = ("s2", "s1")
 
 
-class CellMaskedFusion(torch.nn.Module):
-    """The temporal fusion with each date left out where ``cell_pad`` (B, L, h, w) says, cell by cell.
+class CellMaskedFusion:
+    """The temporal fusion with each date left out where ``cell_pad`` (B, L, h, w) says, cell by cell;
+    installed as the fusion module's ``forward`` (the model's other reads of the module stay as they are).
 
     The fusion mixes the tokens of one cell only (paper Eq. 2-3), so the cells go into the batch
     dimension, each with its own padding: (B, L, C, h, w) -> (B h w, L, C, 1, 1). With ``cell_pad``
-    None it is the wrapped fusion."""
+    None it is the fusion's own forward."""
 
     def __init__(self, fusion: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = fusion
+        self.inner = fusion.forward
         self.cell_pad: Tensor | None = None
+        fusion.forward = self.forward
 
     def forward(self, feats: Tensor, days: Tensor, dated: Tensor, pad: Tensor) -> Tensor:
         if self.cell_pad is None:
@@ -133,7 +134,6 @@ def cell_pads(batch: dict[str, Tensor]) -> Tensor | None:
 def masked_cells(model: SkySense, fn: Callable[[dict[str, Tensor]], Tensor]) -> Callable[..., Tensor]:
     """``fn`` (a forward of ``model``) with the stacks' masked pixels left out of the fusion per cell."""
     fusion = CellMaskedFusion(model.fusion)
-    model.fusion = fusion  # type: ignore[assignment]
 
     def run(batch: dict[str, Tensor]) -> Tensor:
         batch = dict(batch)
