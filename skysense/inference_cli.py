@@ -173,8 +173,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "for each tile (one cell per --tile pixels). Segmentation checkpoints of s2/s1 models (input fused) "
         "run over --s2/--s1 stacks (with an hr image where the model takes one), aligned as in embed. A PNG "
         "of band 1 is written beside OUT. Detection checkpoints: boxes over tiles merged across their "
-        "borders, OUT .geojson (polygons in the image's CRS), .txt (DOTA labelTxt) or .json (COCO). "
-        + TILING_HELP,
+        "borders (--overlap at least the largest object), OUT .geojson (polygons in the image's CRS), .txt "
+        "(DOTA labelTxt) or .json (COCO). " + TILING_HELP,
     )
     p.add_argument(
         "inputs", nargs="*", metavar="INPUT", help="an hr GeoTIFF; for change: BEFORE AFTER; none with stacks"

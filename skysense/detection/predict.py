@@ -1,6 +1,11 @@
 """``skysense predict`` with a detection checkpoint: tiled detection over an image of any size
 (:mod:`skysense.detection.tiling`), written as GeoJSON polygons in the image's CRS, DOTA ``labelTxt`` or
-COCO JSON (:mod:`skysense.detection.geo`)."""
+COCO JSON (:mod:`skysense.detection.geo`).
+
+Tiles are read at the image's own resolution: the detector should have been trained on images of about
+that ground sampling distance (a run whose ``data.size`` shrank larger images sees objects smaller than
+the scene shows them; resample the scene to match, e.g. ``gdalwarp -tr``). ``--overlap`` should be at
+least the largest object's size in pixels (see :mod:`skysense.detection.tiling`)."""
 
 from __future__ import annotations
 
