@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import rasterio
 import torch
+from rasterio.enums import ColorInterp
 
 from skysense.detection.tiling import Detections, detect_tiled, tile_origins
 from tests.detection.stub import as_rows, random_squares, scene, stub_detector, write_tif
@@ -95,3 +97,17 @@ def test_bad_input(tmp_path: Path) -> None:
     path = write_tif(tmp_path / "two.tif", scene(40, 40, [])[:2])
     with pytest.raises(ValueError, match="band"):
         detect_tiled(path, stub_detector(), tile=32, overlap=8, progress=False)
+
+
+def test_transparent_pixels_are_no_objects(tmp_path: Path) -> None:
+    """An alpha band: a square under transparent pixels is not there (nodata reads as 0 after normalising)."""
+    import numpy as np
+
+    img = scene(100, 100, [(10, 10, 12, 0), (60, 60, 12, 1)])
+    alpha = np.full((1, 100, 100), 255, np.uint8)
+    alpha[0, 50:, 50:] = 0
+    path = write_tif(tmp_path / "a.tif", np.concatenate([img, alpha]))
+    with rasterio.open(path, "r+") as dst:
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    got = detect_tiled(path, stub_detector(), tile=64, overlap=16, progress=False)
+    assert got.boxes.tolist() == [[10.0, 10.0, 22.0, 22.0]]
