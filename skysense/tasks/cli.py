@@ -17,11 +17,16 @@ from skysense.runtime import add_threads_argument
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from skysense.detection.task import detection_task_of
     from skysense.engine.config import load_config
     from skysense.engine.distributed import exit_distributed
     from skysense.runtime import apply_threads
     from skysense.tasks.finetune import FinetuneConfig, finetune
 
+    if detection_task_of(args.config, args.overrides):  # task: detection | oriented_detection
+        from skysense.detection.task import run_detection_finetune
+
+        return run_detection_finetune(args)
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
     apply_threads(args.threads)
     d = cfg.data

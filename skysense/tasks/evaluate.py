@@ -50,6 +50,12 @@ def evaluate(
     the checkpoint's folder)."""
     if split not in SPLITS:
         raise ValueError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
+    from skysense.detection.predict import is_detection_checkpoint
+
+    if is_detection_checkpoint(checkpoint):  # per-class AP, PR curves and drawn boxes
+        from skysense.detection.scoring import evaluate_detection
+
+        return evaluate_detection(checkpoint, data_root, split, out_dir)
     model, cfg, meta = load_task_model(checkpoint)
     if data_root:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
