@@ -125,6 +125,7 @@ def tiny_checkpoint(path: Path, task: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["detection", "oriented_detection"])
 def test_predict_cli_with_a_detector_checkpoint(tmp_path: Path, task: str) -> None:
     """``skysense predict`` dispatches a detection checkpoint: on a one-tile image without CRS the DOTA
