@@ -145,7 +145,11 @@ class DetectionDataset(Sequence[dict[str, Any]]):
     def _boxes(self, ann: Annotation) -> Tensor:
         if self.oriented:
             return ann.boxes if ann.oriented else hbb_to_obb(ann.boxes)
-        return ann.horizontal()
+        xyxy = ann.horizontal()
+        if ann.size is not None:  # an oriented label's envelope may pass the edge: horizontal boxes end there
+            h, w = ann.size
+            xyxy = xyxy.clamp(min=torch.zeros(4), max=torch.tensor([w, h, w, h], dtype=xyxy.dtype))
+        return xyxy
 
     def __len__(self) -> int:
         return len(self.items)

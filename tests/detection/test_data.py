@@ -155,6 +155,10 @@ def test_folder_set_negatives_orphans_and_resize(tmp_path: Path) -> None:
     big = airport("train", root=root, max_size=120, oriented=True)[0]
     assert big["hr"].shape == (3, 80, 120)
     torch.testing.assert_close(big["boxes"], torch.tensor([[40.0, 18.0, 40.0, 20.0, 0.0]]))
+    edge = write_airport(tmp_path / "e", {"x": "50 30 70 30 70 45 50 45 airplane 0\n"}, ("x",))
+    with pytest.warns(UserWarning, match="airport train: .*line 1 \\(kept whole\\)"):
+        past = airport("train", root=edge)  # the polygon is kept; its horizontal box ends at the edge
+    torch.testing.assert_close(past[0]["boxes"], torch.tensor([[50.0, 30.0, 60.0, 40.0]]))
     with pytest.raises(AnnotationError, match="without an image: z.txt"):
         airport("train", root=write_airport(tmp_path / "b", {"z": ""}, ("x",)))
     with pytest.raises(AnnotationError, match="unknown class 'jet'"):
