@@ -220,18 +220,21 @@ def rotated_roi_align(
     if len(rois) and (batch.min() < 0 or batch.max() >= bsz):
         raise ValueError(f"rois' batch indices must lie in [0, {bsz}), got {batch.min()}..{batch.max()}")
     n = sampling_ratio
-    grid = _roi_grid(rois.to(features.dtype), oh, ow, n, spatial_scale, aligned)
+    # sample points in float32 at least: half precision would misplace them by pixels on large maps
+    work = torch.float64 if features.dtype == torch.float64 else torch.float32
+    grid = _roi_grid(rois.to(work), oh, ow, n, spatial_scale, aligned)
     x, y = grid[..., 0], grid[..., 1]
-    inside = ((x >= -1) & (x <= width) & (y >= -1) & (y <= height)).to(features.dtype)
+    inside = ((x >= -1) & (x <= width) & (y >= -1) & (y <= height)).to(work)
     # grid_sample with align_corners=False: -1 and 1 are the map's outer pixel edges
     norm = torch.stack([(x + 0.5) / width * 2 - 1, (y + 0.5) / height * 2 - 1], dim=-1)
     parts, where = [], []
     for b in batch.unique().tolist():
         sel = (batch == b).nonzero().squeeze(1)
         g = norm[sel].reshape(1, len(sel) * oh * n, ow * n, 2)
-        v = F.grid_sample(features[b : b + 1], g, mode="bilinear", padding_mode="border", align_corners=False)
+        f = features[b : b + 1].to(work)
+        v = F.grid_sample(f, g, mode="bilinear", padding_mode="border", align_corners=False)
         v = v * inside[sel].reshape(1, 1, len(sel) * oh * n, ow * n)
-        parts.append(v.reshape(c, len(sel), oh, n, ow, n).mean(dim=(3, 5)).transpose(0, 1))
+        parts.append(v.reshape(c, len(sel), oh, n, ow, n).mean(dim=(3, 5)).transpose(0, 1).to(features.dtype))
         where.append(sel)
     out = features.new_zeros(len(rois), c, oh, ow)
     if parts:

@@ -228,3 +228,13 @@ def test_roi_align_checks_its_input() -> None:
     with pytest.raises(ValueError, match=r"rois must have shape \(N, 6\)"):
         rotated_roi_align(feats, torch.zeros(3, 5), 2)
     assert rotated_roi_align(feats, torch.zeros(0, 6), (2, 3)).shape == (0, 3, 2, 3)
+
+
+def test_roi_align_places_samples_in_float32_for_half_features() -> None:
+    feats, rois = _features_and_rois(0.125, 8.0)
+    rois[:, 5] = 0.3
+    half = feats.to(torch.bfloat16)
+    got = rotated_roi_align(half, rois.to(torch.bfloat16), 3, 0.125)
+    assert got.dtype == torch.bfloat16
+    want = rotated_roi_align(half.float(), rois.to(torch.bfloat16).float(), 3, 0.125)
+    torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=1e-2)
