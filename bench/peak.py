@@ -4,7 +4,10 @@ Every path computes ``y = x @ w.T`` (a Linear without bias) with ``x`` (M, K) an
 FLOPs = 2*M*N*K. Shapes: square ones and the transformer ones of the benchmarked encoders at batch 8.
 Each (shape, path) is timed in several interleaved rounds, each after waiting (briefly) for the box to
 be quiet; rows give the median and the fastest call. The peak of a path is its fastest call over all
-shapes (robust to the other users of a shared box); ``results/peak.json`` holds it.
+shapes (robust to the other users of a shared box); ``results/peak.json`` holds it, with the CPU it was
+measured on (model name, family/model numbers, ISA extensions, threads): :func:`load_peak_file` refuses
+the file on any other CPU, and ``bench/encoders.py`` measures its own peak in the same run by default
+(:func:`measure_peak`).
 
     .venv/bin/python -m bench.peak [--quick]   (from the repository root)
 """
@@ -12,16 +15,18 @@ shapes (robust to the other users of a shared box); ``results/peak.json`` holds 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` finds `bench`
-from bench.common import load_peak, machine, quiet_time_call, save, setup, summary, table, time_call  # noqa: E402
+from bench.common import machine, quiet_time_call, save, setup, summary, table, time_call  # noqa: E402
 
 # (label, M, K, N)
 SQUARE = [
@@ -36,6 +41,58 @@ TRANSFORMER = [
     ("Swin-B s3 fc1 8x256", 2048, 512, 2048),
     ("Swin-B s1 fc1 8x4096", 32768, 128, 512),
 ]
+
+
+def cpu_identity() -> dict[str, Any]:
+    """What a matmul peak holds for: CPU model name and family/model numbers, ISA extensions, threads."""
+    info = machine()
+    ident: dict[str, Any] = {"cpu": info["cpu"], "isa": info["isa"], "threads": info["threads"]}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("cpu family", "model") and key.strip() not in ident:
+                ident[key.strip()] = value.strip()
+            if not line.strip():  # the first processor's block is enough
+                break
+    except OSError:
+        pass
+    return ident
+
+
+def load_peak_file(path: str | Path) -> dict[str, float]:
+    """The ``peak`` block of a ``bench/peak.py`` result; ``SystemExit`` if it was measured on another CPU
+    (or does not say on which): a peak of another machine makes every "% of peak" meaningless."""
+    payload = json.loads(Path(path).read_text())
+    theirs, mine = payload.get("machine", {}), cpu_identity()
+    differ = [k for k in mine if theirs.get(k) != mine[k]]
+    if differ:
+        raise SystemExit(
+            f"{path}: measured on {theirs.get('cpu', 'an unrecorded CPU')!r}, not this machine "
+            f"({mine['cpu']!r}); differs in {', '.join(differ)}. Run `python -m bench.peak` here, or "
+            "leave out the peak file to measure the peak in the same run."
+        )
+    return payload["peak"]
+
+
+def peaks(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Per path its fastest call over all shapes, and per dtype its fastest path.
+
+    On a shared box the median measures the neighbours too, while the fastest of many short calls is
+    what the cores do when they are ours."""
+    peak: dict[str, float] = {}
+    for r in rows:
+        peak[r["path"]] = max(peak.get(r["path"], 0.0), r["gflops_best"])
+    peak["fp32"] = max(v for p, v in peak.items() if p.startswith("fp32/"))
+    peak["bf16"] = max(v for p, v in peak.items() if p.startswith("bf16/"))
+    return peak
+
+
+def measure_peak(quick: bool = False, verbose: bool = False) -> dict[str, float]:
+    """This machine's matmul peak now (:func:`peaks`), from two shapes (one if ``quick``): about 20 s."""
+    shapes = [SQUARE[0]] if quick else [SQUARE[0], TRANSFORMER[3]]
+    with torch.inference_mode():
+        rows = measure(shapes, rounds=1 if quick else 2, target_s=0.3 if quick else 1.0, verbose=verbose)
+    return peaks(rows)
 
 
 def paths(x: Tensor, w: Tensor) -> dict[str, Callable[[], Tensor]]:
@@ -57,7 +114,9 @@ def paths(x: Tensor, w: Tensor) -> dict[str, Callable[[], Tensor]]:
     }
 
 
-def measure(shapes: list[tuple[str, int, int, int]], rounds: int, target_s: float) -> list[dict]:
+def measure(
+    shapes: list[tuple[str, int, int, int]], rounds: int, target_s: float, verbose: bool = True
+) -> list[dict]:
     rows = []
     for label, m, k, n in shapes:
         x, w = torch.randn(m, k), torch.randn(n, k) / k**0.5
@@ -87,12 +146,9 @@ def measure(shapes: list[tuple[str, int, int, int]], rounds: int, target_s: floa
                     "foreign_busy_cores": busy[p],
                 }
             )
-        print(
-            table(
-                [r for r in rows if r["shape"] == label],
-                ["shape", "path", "gflops", "gflops_best", "n", "foreign_busy_cores"],
-            )
-        )
+        if verbose:
+            cols = ["shape", "path", "gflops", "gflops_best", "n", "foreign_busy_cores"]
+            print(table([r for r in rows if r["shape"] == label], cols))
     return rows
 
 
@@ -104,19 +160,12 @@ def main() -> None:
     shapes = [SQUARE[0], TRANSFORMER[1]] if args.quick else SQUARE + TRANSFORMER
     with torch.inference_mode():
         rows = measure(shapes, rounds=1 if args.quick else 3, target_s=0.5 if args.quick else 2.5)
-    # A path's peak is its fastest call over all shapes: on a shared box the median measures the neighbours
-    # too, while the fastest of many short calls is what the cores do when they are ours.
-    peak: dict[str, float] = {}
-    for r in rows:
-        peak[r["path"]] = max(peak.get(r["path"], 0.0), r["gflops_best"])
-    # the per-dtype limit every other figure is divided by: the fastest path of that dtype
-    peak["fp32"] = max(v for p, v in peak.items() if p.startswith("fp32/"))
-    peak["bf16"] = max(v for p, v in peak.items() if p.startswith("bf16/"))
-    info = machine()
+    peak = peaks(rows)
+    info = {**machine(), **cpu_identity()}
     print(f"\npeak GFLOP/s ({info['cpu']}, {info['threads']} threads, torch {info['torch']}):")
     print(table([{"path": p, "gflops": v} for p, v in peak.items()], ["path", "gflops"]))
     if args.quick:
-        print("(quick run: results/peak.json left as is)" if load_peak() else "")
+        print("(quick run: results/peak.json left as is)")
         return
     print("wrote", save("peak.json", {"machine": info, "flops": "2*M*N*K", "peak": peak, "rows": rows}))
 

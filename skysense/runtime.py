@@ -1,15 +1,25 @@
-"""``--threads N`` of the compute commands: how many CPU threads torch may use.
+"""Per-machine runtime choices of the compute commands: CPU threads, inference precision, fp32 GEMM path.
 
-The default is the number of cores this process may run on (its CPU affinity, which containers and
-``taskset`` restrict) less the cores other processes keep busy (the 1-minute load average), at least one.
-Oversubscribed cores are the costly case: on a 2-core machine with another job running, two threads per
-process made pre-training steps 10-20x slower than one.
+``--threads N``: the default is the number of cores this process may run on (its CPU affinity, which
+containers and ``taskset`` restrict) less the cores other processes keep busy (the 1-minute load average),
+at least one. Oversubscribed cores are the costly case: on a 2-core machine with another job running, two
+threads per process made pre-training steps 10-20x slower than one.
+
+``--precision auto|fp32|bf16``: ``auto`` measures one short fp32 and bf16 matmul (once per process) and
+takes bf16 only where it is clearly faster: AVX512-BF16 or AMX CPUs, not AVX2 ones, where bf16 is slower.
+The same measurement sends fp32 inference ``Linear`` layers through oneDNN where that beats aten's BLAS
+(:func:`linear`; MKL runs AVX2 code on AMD CPUs, half their AVX-512 rate).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def available_cores() -> int:
@@ -55,3 +65,102 @@ def apply_threads(n: int | None) -> int:
     torch.set_num_threads(count)
     threadpool_limits(count)  # numpy's and scipy's BLAS too (the probe's fits), for the rest of the process
     return count
+
+
+# ----------------------------------------------------------------------------- precision and GEMM path
+
+PRECISIONS = ("auto", "fp32", "bf16")
+BF16_MARGIN = 1.25  # auto picks bf16 only where its matmul beats fp32's by this much (it rounds coarser)
+ONEDNN_MARGIN = 1.1  # fp32 Linear goes through oneDNN only where that is clearly faster than aten's
+_SPEEDS: dict[str, float] = {}
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--precision auto|fp32|bf16`` (default auto: :func:`resolve_precision`) to ``parser``."""
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="inference precision of the encoders: fp32, bf16 autocast, or auto (bf16 where this "
+        f"machine's bf16 matmul is at least {BF16_MARGIN}x its fp32 one, measured once; bf16 on GPUs "
+        "that support it)",
+    )
+
+
+def matmul_speeds() -> dict[str, float]:
+    """GFLOP/s of one (1024 x 1024) @ (1024 x 1024) CPU matmul per path, at the current thread count:
+    ``fp32`` (aten, i.e. MKL or OpenBLAS), ``fp32_onednn`` (0 where torch has no oneDNN), ``bf16``.
+
+    Measured once per process, the fastest of a few calls interleaved between the paths (a burst of
+    foreign load then hits all of them, and the fastest call is the one that had the cores).
+    """
+    if not _SPEEDS:
+        import time
+
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            x, w = torch.randn(1024, 1024), torch.randn(1024, 1024)
+            xb, wb = x.bfloat16(), w.bfloat16()
+            paths = {"fp32": lambda: F.linear(x, w), "bf16": lambda: F.linear(xb, wb)}
+            if torch.backends.mkldnn.is_available():
+                paths["fp32_onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+            best = {name: math.inf for name in paths}
+            for rep in range(6):
+                for name, fn in paths.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    if rep:  # the first call of each path warms it up
+                        best[name] = min(best[name], time.perf_counter() - t0)
+        _SPEEDS.update({name: 2 * 1024**3 / t / 1e9 for name, t in best.items()})
+        _SPEEDS.setdefault("fp32_onednn", 0.0)
+    return dict(_SPEEDS)
+
+
+def resolve_precision(choice: str, device: str = "cpu") -> torch.dtype:
+    """The compute dtype of ``--precision choice``: fp32 or bf16 as asked; ``auto`` is bf16 where it
+    pays: a GPU that supports it, or a CPU whose measured bf16 matmul (:func:`matmul_speeds`) is at
+    least ``BF16_MARGIN`` times its best fp32 one (AVX512-BF16 or AMX: yes; AVX2 alone: no).
+
+    Raises ``ValueError`` for any other ``choice``."""
+    import torch
+
+    if choice not in PRECISIONS:
+        raise ValueError(f"--precision {choice!r}: use one of {', '.join(PRECISIONS)}")
+    if choice != "auto":
+        return torch.float32 if choice == "fp32" else torch.bfloat16
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    s = matmul_speeds()
+    return torch.bfloat16 if s["bf16"] >= BF16_MARGIN * max(s["fp32"], s["fp32_onednn"]) else torch.float32
+
+
+def onednn_fp32() -> bool:
+    """Whether fp32 ``Linear`` layers run through oneDNN here: where it is measured ``ONEDNN_MARGIN``
+    faster than aten's path (MKL dispatches AMD CPUs to AVX2 code; oneDNN uses their AVX-512)."""
+    s = matmul_speeds()
+    return s["fp32_onednn"] >= ONEDNN_MARGIN * s["fp32"]
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, then exact GELU if ``gelu``; in fp32 CPU inference (no autograd,
+    no autocast, not compiling) through oneDNN where :func:`onednn_fp32`, with bias and GELU fused
+    into the GEMM (no separate passes over the output). Equal up to float rounding."""
+    import torch
+    import torch.nn.functional as F
+
+    if (
+        x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and onednn_fp32()
+    ):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none")
+    y = F.linear(x, weight, bias)
+    return F.gelu(y) if gelu else y

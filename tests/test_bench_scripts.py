@@ -1,6 +1,7 @@
 """Every benchmark script starts in both documented forms: ``python bench/NAME.py`` (from any folder)
 and ``python -m bench.NAME`` (from the repository root)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,39 @@ def test_every_script_imports_as_a_module_of_the_bench_package():
 def test_help_as_a_file_run_from_another_folder(name, tmp_path):
     res = run([sys.executable, str(REPO / "bench" / f"{name}.py"), "--help"], tmp_path)
     assert res.stdout.startswith("usage:")
+
+
+def test_peak_file_of_another_cpu_is_refused(tmp_path):
+    from bench.peak import cpu_identity, load_peak_file
+
+    peak = {"fp32": 200.0, "bf16": 420.0}
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"machine": {**cpu_identity(), "date": "any"}, "peak": peak}))
+    assert load_peak_file(mine) == peak
+    for other in ({"cpu": "Some Other CPU"}, {"threads": 64}, {"isa": {}}):
+        path = tmp_path / "other.json"
+        path.write_text(json.dumps({"machine": {**cpu_identity(), **other}, "peak": peak}))
+        with pytest.raises(SystemExit, match="not this machine"):
+            load_peak_file(path)
+    old = tmp_path / "old.json"  # a file that does not say which CPU measured it
+    old.write_text(json.dumps({"peak": peak}))
+    with pytest.raises(SystemExit, match="an unrecorded CPU"):
+        load_peak_file(old)
+
+
+def test_peak_is_the_fastest_call_per_path_and_dtype():
+    from bench.peak import peaks
+
+    rows = [
+        {"path": "fp32/mkl", "gflops_best": 90.0},
+        {"path": "fp32/mkl", "gflops_best": 95.0},
+        {"path": "fp32/onednn", "gflops_best": 190.0},
+        {"path": "bf16/aten", "gflops_best": 400.0},
+    ]
+    assert peaks(rows) == {
+        "fp32/mkl": 95.0,
+        "fp32/onednn": 190.0,
+        "bf16/aten": 400.0,
+        "fp32": 190.0,
+        "bf16": 400.0,
+    }

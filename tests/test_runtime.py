@@ -1,13 +1,25 @@
-"""``--threads``: the default is the free cores (affinity less the load); the value reaches torch."""
+"""``--threads``: the default is the free cores (affinity less the load); the value reaches torch.
+``--precision``: auto follows the measured matmul speeds; ``linear`` equals ``F.linear`` on every path."""
 
 import argparse
 import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from skysense.runtime import add_threads_argument, apply_threads, available_cores, default_threads
+from skysense import runtime
+from skysense.runtime import (
+    add_precision_argument,
+    add_threads_argument,
+    apply_threads,
+    available_cores,
+    default_threads,
+    linear,
+    matmul_speeds,
+    resolve_precision,
+)
 
 
 @pytest.fixture
@@ -42,3 +54,73 @@ def test_default_is_the_free_cores(monkeypatch, threads_restored, load, expected
 def test_negative_threads_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="positive number"):
         apply_threads(-2)
+
+
+@pytest.fixture
+def speeds(monkeypatch):
+    """Stand-in matmul speeds (GFLOP/s), restored afterwards."""
+    fake: dict[str, float] = {}
+    monkeypatch.setattr(runtime, "_SPEEDS", fake)
+    return fake
+
+
+def test_precision_argument_choices() -> None:
+    parser = argparse.ArgumentParser()
+    add_precision_argument(parser)
+    assert parser.parse_args([]).precision == "auto"
+    assert parser.parse_args(["--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "fp16"])
+
+
+@pytest.mark.parametrize(
+    ("measured", "expected"),
+    [
+        ({"fp32": 100.0, "fp32_onednn": 200.0, "bf16": 420.0}, torch.bfloat16),  # AVX512-BF16 (AMD)
+        ({"fp32": 400.0, "fp32_onednn": 370.0, "bf16": 205.0}, torch.float32),  # AVX-512 without BF16/AMX
+        ({"fp32": 100.0, "fp32_onednn": 0.0, "bf16": 110.0}, torch.float32),  # not clearly faster
+    ],
+)
+def test_auto_precision_follows_the_measured_matmuls(speeds, measured, expected) -> None:
+    speeds.update(measured)
+    assert resolve_precision("auto") == expected
+    assert resolve_precision("fp32") == torch.float32 and resolve_precision("bf16") == torch.bfloat16
+
+
+def test_speeds_are_measured_once_per_process(speeds) -> None:
+    first = matmul_speeds()
+    assert set(first) == {"fp32", "fp32_onednn", "bf16"} and first["fp32"] > 0 and first["bf16"] > 0
+    speeds["bf16"] = -1.0  # a second measurement would overwrite this
+    assert matmul_speeds()["bf16"] == -1.0
+
+
+def test_unknown_precision_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="use one of auto, fp32, bf16"):
+        resolve_precision("fp16")
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("gelu", [True, False])
+def test_linear_equals_f_linear(speeds, onednn, gelu) -> None:
+    if onednn and not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    speeds.update({"fp32": 100.0, "fp32_onednn": 200.0 if onednn else 50.0, "bf16": 1.0})
+    x, w, b = torch.randn(3, 5, 64), torch.randn(96, 64), torch.randn(96)
+    want = F.linear(x.double(), w.double(), b.double())
+    want = F.gelu(want) if gelu else want
+    with torch.inference_mode():
+        got = linear(x.transpose(0, 1), w, b, gelu=gelu).transpose(0, 1)  # a strided input too
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            linear(x, w).double(), F.linear(x.double(), w.double()), atol=1e-4, rtol=1e-4
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps its own path: bf16 out
+            assert linear(x, w, b, gelu=gelu).dtype == torch.bfloat16
+
+
+def test_linear_keeps_autograd(speeds) -> None:
+    speeds.update({"fp32": 1.0, "fp32_onednn": 100.0, "bf16": 1.0})
+    x = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(6, 8, requires_grad=True)
+    linear(x, w, gelu=True).sum().backward()
+    assert x.grad is not None and w.grad is not None
