@@ -14,7 +14,7 @@ from torch import Tensor
 
 from skysense.detection.boxes import _check_last, obb_to_poly, poly_area
 
-CHUNK = 2**16  # polygon pairs clipped at once: a few hundred bytes each, so ~100 MB at most
+CHUNK = 2**14  # polygon pairs clipped at once: a few hundred bytes each, so some 10 MB
 
 
 def _oriented(poly: Tensor) -> Tensor:
@@ -23,41 +23,46 @@ def _oriented(poly: Tensor) -> Tensor:
 
 
 def _clip(poly: Tensor, e0: Tensor, e1: Tensor) -> Tensor:
-    """Sutherland-Hodgman step: (P, K, 2) convex polygons cut by the half-planes left of the lines
-    ``e0 -> e1`` (P, 2 each) -> (P, K + 1, 2).
+    """Sutherland-Hodgman step: (2, P, K) convex polygons (x and y planes, contiguous for speed) cut by the
+    half-planes left of the lines ``e0 -> e1`` (2, P, 1 each) -> (2, P, K + 1).
 
     Each edge ``prev -> cur`` yields its crossing of the line, if any, then ``cur`` if inside. Fewer than
     K + 1 corners are padded with copies of the first, which adds no area; no corner left gives a point.
     """
-    n, k = poly.shape[:2]
-    d = (e1 - e0)[:, None]
-    rel = poly - e0[:, None]
-    s = d[..., 0] * rel[..., 1] - d[..., 1] * rel[..., 0]  # (P, K) > 0 left of the line
-    prev, s_prev = poly.roll(1, dims=1), s.roll(1, dims=1)
+    _, n, k = poly.shape
+    d, rel = e1 - e0, poly - e0
+    s = d[0] * rel[1] - d[1] * rel[0]  # (P, K) > 0 left of the line
+    prev, s_prev = poly.roll(1, dims=2), s.roll(1, dims=1)
     inside, crosses = s >= 0, (s >= 0) != (s_prev >= 0)
     t = s_prev / torch.where(crosses, s_prev - s, 1.0)
-    cut = prev + t[..., None] * (poly - prev)
-    cand = torch.stack([cut, poly], dim=2).reshape(n, 2 * k, 2)
+    cut = prev + t * (poly - prev)
+    cand = torch.stack([cut, poly], dim=3).reshape(2, n, 2 * k)
     valid = torch.stack([crosses, inside], dim=2).reshape(n, 2 * k)
     # compact the valid corners to the front, over copies of the first; extras (only from rounding) go to a
     # slot that is dropped
     pos = valid.cumsum(1) - 1
-    pos = torch.where(valid & (pos < k + 1), pos, k + 1)
-    first = cand.gather(1, valid.byte().argmax(1)[:, None, None].expand(-1, 1, 2))
-    out = first.expand(-1, k + 2, -1).contiguous()
-    return out.scatter_(1, pos[..., None].expand(-1, -1, 2), cand)[:, : k + 1]
+    pos = torch.where(valid & (pos < k + 1), pos, k + 1).expand(2, -1, -1)
+    first = cand.gather(2, valid.byte().argmax(1)[None, :, None].expand(2, -1, 1))
+    out = first.expand(-1, -1, k + 2).contiguous()
+    return out.scatter_(2, pos, cand)[..., : k + 1]
+
+
+def _area(poly: Tensor) -> Tensor:
+    """(2, P, K) -> (P,) shoelace areas."""
+    x, y = poly[0], poly[1]
+    return 0.5 * (x * y.roll(-1, dims=1) - x.roll(-1, dims=1) * y).sum(1)
 
 
 def _pair_iou(pa: Tensor, pb: Tensor, dtype: torch.dtype) -> Tensor:
     """(P, Ka, 2), (P, Kb, 2) positively oriented convex polygons -> (P,) IoU of each pair, clipped in
     ``dtype`` about the first polygon's mean (float32 then loses no more than the boxes' own rounding)."""
     origin = pa.mean(dim=1, keepdim=True)
-    pa, pb = (pa - origin).to(dtype), (pb - origin).to(dtype)
-    inter = pa
-    for i in range(pb.shape[1]):
-        inter = _clip(inter, pb[:, i], pb[:, (i + 1) % pb.shape[1]])
-    inter_area = poly_area(inter).clamp_min(0)
-    union = poly_area(pa) + poly_area(pb) - inter_area
+    pa, pb = (pa - origin).to(dtype).permute(2, 0, 1), (pb - origin).to(dtype).permute(2, 0, 1)
+    inter = pa.contiguous()
+    for i in range(pb.shape[2]):
+        inter = _clip(inter, pb[..., i : i + 1], pb[..., (i + 1) % pb.shape[2]][..., None])
+    inter_area = _area(inter).clamp_min(0)
+    union = _area(pa) + _area(pb) - inter_area
     return torch.where(union > 0, inter_area / union.clamp_min(torch.finfo(union.dtype).tiny), 0.0)
 
 
