@@ -148,14 +148,18 @@ def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, block: int 
     _check_last(boxes, (5,), "boxes")
     if scores.shape != boxes.shape[:1]:
         raise ValueError(f"scores must have shape ({len(boxes)},), got {tuple(scores.shape)}")
+    return _nms(boxes.double(), scores, iou_threshold, block, _work_dtype(boxes))
+
+
+def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float, block: int, dtype: torch.dtype) -> Tensor:
     order = torch.argsort(scores, descending=True, stable=True)
-    poly = _oriented(obb_to_poly(boxes[order].double()))
+    poly = _oriented(obb_to_poly(boxes[order]))
     dropped = np.zeros(len(poly), dtype=bool)
     keep: list[int] = []
     for r0 in range(0, len(poly), block):
         rows = torch.arange(r0, min(r0 + block, len(poly)))
         rows = rows[~torch.from_numpy(dropped[r0 : r0 + block])]
-        i, j = _overlaps_below(poly, rows, dropped, iou_threshold, _work_dtype(boxes))
+        i, j = _overlaps_below(poly, rows, dropped, iou_threshold, dtype)
         start, end = np.searchsorted(i, rows.numpy(), "left"), np.searchsorted(i, rows.numpy(), "right")
         for r, s, e in zip(rows.tolist(), start, end):
             if not dropped[r]:
@@ -171,13 +175,17 @@ def batched_rotated_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_thresho
     categories never overlap and one ``rotated_nms`` does all.
     """
     _check_last(boxes, (5,), "boxes")
+    if scores.shape != boxes.shape[:1] or idxs.shape != boxes.shape[:1]:
+        raise ValueError(
+            f"scores and idxs must have shape ({len(boxes)},), got {tuple(scores.shape)}, {tuple(idxs.shape)}"
+        )
     if len(boxes) == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     poly = obb_to_poly(boxes.double())
     span = (poly.max() - poly.min()).item() + 1
-    moved = boxes.double().clone()
+    moved = boxes.double().clone()  # float64: the moves must not round the boxes
     moved[:, :2] += idxs.double()[:, None] * span
-    return rotated_nms(moved, scores, iou_threshold)
+    return _nms(moved, scores, iou_threshold, 1024, _work_dtype(boxes))
 
 
 def _roi_grid(rois: Tensor, oh: int, ow: int, n: int, scale: float, aligned: bool) -> Tensor:
