@@ -1,4 +1,5 @@
-"""Large-scene inference (``skysense embed``): km²/s and peak RSS on hr scenes of 1k and 8k pixels a side.
+"""Large-scene inference (``skysense embed``): km²/s and peak RSS on hr scenes of 1k and 8k pixels a side,
+and on 60-date Sentinel-2 + Sentinel-1 stacks (``--stack``).
 
 The scenes are mosaics of the real raster ``rasters/RGB.byte.tif`` of the shared data (flipped copies,
 so tiles differ), written block by block into a temporary GeoTIFF with 0.5 m pixels. Each (preset,
@@ -8,6 +9,11 @@ on the same tiles (the model alone on random batches of the same size, no I/O, n
 issue): peak RSS at 8k at most 1.2x that at 1k; the pipeline within 10 % of the encoder.
 
     .venv/bin/python -m bench.inference [--sizes 1024 8192] [--presets tiny] [--precisions fp32 bf16]
+
+The stacks (:mod:`bench.inference_stack`) are built from the real Sen1Floods11 chip (S2 and S1) and
+the real cloud masks of the eo-learn Slovenia patch, one dated file each, on the chip's grid.
+
+    .venv/bin/python -m bench.inference --stack [--sizes 128 192] [--dates 60] [--tile 64 --overlap 32]
 """
 
 from __future__ import annotations
@@ -123,7 +129,11 @@ def main() -> None:
     p.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--preset", default="", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="", help=argparse.SUPPRESS)
+    p.add_argument("--stack", action="store_true", help="60-date S2 + S1 stacks (bench/inference_stack.py)")
+    p.add_argument("--dates", type=int, default=60, help="--stack: dates per stack")
     args = p.parse_args()
+    if args.stack:
+        return stack_main(args)
     if args.one:
         print(json.dumps(one(args)))
         return
@@ -158,6 +168,29 @@ def main() -> None:
                     print(table(rows[-1:], list(rows[-1])), flush=True)
     cols = ["preset", "precision", "size", "tiles", "km2_per_s", "peak_rss_mb", "overhead", "seam_mean_rel"]
     print(table(rows, cols))
+    save(args.name, {"machine": machine(), "tile": args.tile, "overlap": args.overlap, "rows": rows})
+
+
+def stack_main(args: argparse.Namespace) -> None:
+    """``--stack``: the stack benchmark (defaults: sizes 128 and 192, 64-px tiles overlapping by 32)."""
+    from bench.inference_stack import one_stack, stack_rows
+
+    if args.one:
+        print(json.dumps(one_stack(args)))
+        return
+    if args.sizes == [1024, 8192]:  # the hr defaults: a 60-date stack takes seconds a 64-px tile
+        args.sizes, args.tile, args.overlap = [128, 192], 64, 32
+
+    def run(cmd: list[str]) -> str:
+        full = [sys.executable, "-m", "bench.inference", *cmd]
+        res = subprocess.run(full, capture_output=True, text=True, check=True, cwd=REPO)
+        print(res.stdout.strip().splitlines()[-1], flush=True)
+        return res.stdout
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = stack_rows(args, tmp, run)
+    cols = ["precision", "size", "dates", "tiles", "km2_per_s", "pipeline_s_per_tile", "encoder_s_per_tile"]
+    print(table(rows, [*cols, "overhead", "peak_rss_mb", "projected_2k_hours"]))
     save(args.name, {"machine": machine(), "tile": args.tile, "overlap": args.overlap, "rows": rows})
 
 

@@ -224,3 +224,50 @@ def test_bad_stacks_keep_their_clear_errors(tmp_path):
         dst.write(np.concatenate([x, x[:1]]))
     with pytest.raises(ValueError, match="11 band.*take 10 s2 bands.*SCL or CLM"):
         StackScene(None, {"s2": s2}, {"s2": 10})
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_predict_with_a_sen1floods11_finetune_matches_its_training_data_path(tmp_path):
+    """A one-step ``skysense finetune`` of configs/finetune/sen1floods11_tiny.yaml, predicted over a
+    128-px crop of the real chip written as s2/s1 stacks, equals the model on the dataset reader's
+    normalised sample of the same crop (dates from the metadata, the L1C chip's 10 encoder bands)."""
+    from skysense.cli import main
+    from skysense.data import Normalize, Sen1Floods11
+    from skysense.data.root import data_root
+    from skysense.inference import lonlat
+    from skysense.tasks.evaluate import load_task_model
+
+    root = data_root() / "sen1floods11"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found (set SKYSENSE_DATA)")
+    run = tmp_path / "run"
+    config = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "sen1floods11_tiny.yaml"
+    args = ["finetune", "--config", str(config), "steps=1", "eval_every=1", "ckpt_every=1", "warmup_steps=0"]
+    assert main([*args, f"out_dir={run}", "--threads", "1"]) == 0
+    sample = Normalize()(Sen1Floods11(root)[0])
+    for m, sub, day in (("s2", "S2", "20190918"), ("s1", "S1", "20190917")):  # the metadata's dates
+        (tmp_path / m).mkdir()
+        with rasterio.open(next((root / sub).glob("*.tif"))) as src:
+            x = src.read(window=((0, 128), (0, 128)))
+            x = x[[1, 2, 3, 4, 5, 6, 7, 8, 11, 12]] if m == "s2" else x  # B2 .. B8A, B11, B12
+            profile = {**src.profile, "count": len(x), "height": 128, "width": 128}
+            with rasterio.open(tmp_path / m / f"{day}.tif", "w", **profile) as dst:
+                dst.write(x)
+            transform = src.transform
+    out = tmp_path / "flood.tif"
+    argv = ["predict", "--s2", str(tmp_path / "s2"), "--s1", str(tmp_path / "s1"), "--out", str(out)]
+    argv += ["--checkpoint", str(run / "best.ckpt"), "--tile", "128", "--overlap", "0", "--quiet"]
+    assert main([*argv, "--device", "cpu", "--precision", "fp32"]) == 0
+    got, meta = read(out)
+    assert meta["transform"] == transform and meta["crs"].to_epsg() == 4326
+    model, _, _ = load_task_model(run / "best.ckpt")
+    batch = {k: sample[k][None, ..., :128, :128] for k in ("s2", "s1")}
+    batch |= {k: sample[k][None] for k in ("s2_dates", "s1_dates")}
+    batch |= lonlat(meta["crs"], transform, [0], [0], 128)
+    with torch.no_grad():
+        prob = model(batch)["logits"].softmax(1)[0]
+    np.testing.assert_allclose(got[1], prob.max(0).values.numpy(), rtol=1e-4, atol=1e-5)
+    top2 = prob.topk(2, 0).values
+    clear_cut = (top2[0] - top2[1]).numpy() > 1e-4
+    np.testing.assert_array_equal(got[0][clear_cut], prob.argmax(0).numpy()[clear_cut])
