@@ -41,17 +41,20 @@ def test_bad_tiling_is_refused() -> None:
         tile_origins(100, 64, 64)
 
 
-@pytest.mark.parametrize("oriented", [False, True])
-def test_tiled_equals_whole_image(tmp_path: Path, oriented: bool) -> None:
+@pytest.mark.parametrize(
+    ("oriented", "h", "w", "tiles"),
+    [(False, 300, 460, 3 * 5), (True, 300, 460, 3 * 5), (False, 230, 400, 3 * 4)],
+)
+def test_tiled_equals_whole_image(tmp_path: Path, oriented: bool, h: int, w: int, tiles: int) -> None:
     """Squares no larger than the overlap: every one found once, with the whole image's box, also
-    those cut by tile borders; the scene (300 x 460) is no multiple of the tile (128)."""
-    h, w = 300, 460
+    those cut by tile borders; the scene is no multiple of the tile (128); at 230 rows the last tile
+    row starts at 102, 6 rows after the one before, so three tile rows share rows 102-127."""
     img = scene(h, w, random_squares(h, w, 60, sides=(4, 24)))
     path = write_tif(tmp_path / "s.tif", img)
     want = whole(img, oriented)
     got = detect_tiled(path, stub_detector(oriented), tile=128, overlap=32, batch=3, progress=False)
     assert rows(got) == want
-    assert got.tiles == 3 * 5
+    assert got.tiles == tiles
     assert torch.all(got.scores[:-1] >= got.scores[1:])  # best first
 
 
