@@ -59,12 +59,11 @@ from skysense.inference_files import (
 from skysense.inference_heads import (
     LEVELS,
     MODEL_STRIDE,
-    PRECISIONS,
     Head,
     encoder_head,
-    native_bf16,
     task_head,
 )
+from skysense.runtime import PRECISIONS
 
 __all__ = [
     "LEVELS",
@@ -74,7 +73,6 @@ __all__ = [
     "Scene",
     "encoder_head",
     "infer",
-    "native_bf16",
     "task_head",
 ]
 

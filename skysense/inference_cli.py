@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from skysense.cli import COMMANDS
+from skysense.runtime import add_precision_argument
 
 CLOUD_HELP = (
     "; cloudy pixels (a last band described SCL or CLM, or a sidecar <date file>_cloud.tif, non-zero = "
@@ -131,9 +132,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=512, help="tile side in input pixels, a multiple of 32")
     p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles (multiple of 32)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward")
-    p.add_argument(
-        "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 where native"
-    )
+    add_precision_argument(p)
     p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="= --precision bf16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--overwrite", action="store_true", help="recompute even where OUT exists")

@@ -1,7 +1,7 @@
 """What runs on a batch of tiles in large-scene inference (:mod:`skysense.inference`): the encoder for
 ``embed`` (the fused map or an hr pyramid level) and fine-tuned task models for ``predict``
 (segmentation, change, scene classification), each with its input normalisation, output stride, band
-names and precision (fp32, or bf16 autocast where asked or native)."""
+names and precision (fp32, or bf16 autocast where asked or measured faster: ``--precision``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from torch import Tensor
 if typing.TYPE_CHECKING:
     from skysense.models.skysense import SkySense
 
-PRECISIONS = ("auto", "fp32", "bf16")
 LEVELS = ("fused", "hr1", "hr2", "hr3", "hr4")
 MODEL_STRIDE = 32  # the hr encoder's coarsest stride: tiles and overlaps are multiples of it
 
@@ -42,25 +41,13 @@ class Head:
     modality_bands: dict[str, int] = field(default_factory=dict)  # bands the model takes, per modality
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively: a GPU that supports it, or a CPU with AVX512-BF16 or
-    AMX (there bf16 ran the base encoder 1.75x faster than fp32; see bench/inference.py)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def _amp(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype: bf16 where asked, or ``auto`` where the device runs it natively."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
-        return torch.bfloat16
-    return None
+    """The autocast dtype of ``--precision`` (:func:`skysense.runtime.resolve_precision`: bf16 where
+    asked, or with ``auto`` where it measures faster), None for fp32."""
+    from skysense.runtime import resolve_precision
+
+    dtype = resolve_precision(precision, device.type)
+    return dtype if dtype == torch.bfloat16 else None
 
 
 def _wrap(fn: Callable[[dict[str, Tensor]], Tensor], device: torch.device, precision: str) -> Any:
