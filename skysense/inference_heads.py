@@ -63,6 +63,7 @@ def _wrap(fn: Callable[[dict[str, Tensor]], Tensor], device: torch.device, preci
 
 
 SERIES = ("s2", "s1")
+CELLS = 4096  # cells per call of the fusion in CellMaskedFusion
 
 
 class CellMaskedFusion:
@@ -88,8 +89,14 @@ class CellMaskedFusion:
             return t[:, None].expand(b, h * w, l).reshape(b * h * w, l)
 
         x = feats.permute(0, 3, 4, 1, 2).reshape(b * h * w, l, c, 1, 1)
-        out = self.inner(x, per_cell(days), per_cell(dated), cells)  # (B h w, D, 1, 1)
-        return out.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        days, dated = per_cell(days), per_cell(dated)
+        # a few thousand cells at a time: the attention and MLP activations of all cells of a batch of
+        # 60-date tiles would take gigabytes
+        out = torch.cat([
+            self.inner(x[i : i + CELLS], days[i : i + CELLS], dated[i : i + CELLS], cells[i : i + CELLS])
+            for i in range(0, b * h * w, CELLS)
+        ])  # fmt: skip
+        return out.reshape(b, h, w, -1).permute(0, 3, 1, 2)  # from (B h w, D, 1, 1)
 
 
 def cell_pads(batch: dict[str, Tensor]) -> Tensor | None:

@@ -271,3 +271,16 @@ def test_predict_with_a_sen1floods11_finetune_matches_its_training_data_path(tmp
     top2 = prob.topk(2, 0).values
     clear_cut = (top2[0] - top2[1]).numpy() > 1e-4
     np.testing.assert_array_equal(got[0][clear_cut], prob.argmax(0).numpy()[clear_cut])
+
+
+def test_the_fusion_in_chunks_of_cells_equals_one_call(tmp_path, monkeypatch):
+    import skysense.inference_heads
+
+    weights = s2_weights(tmp_path)
+    folder = write_stack(tmp_path / "s2", "EPSG:32633", GRID, 32, 32, 10, DATES)
+    cloud_sidecar(folder / f"{DATES[0]}.tif")
+    whole = embed_stack(weights, folder, tmp_path / "whole.tif")
+    monkeypatch.setattr(skysense.inference_heads, "CELLS", 100)  # 1024 cells: 11 calls, the last short
+    np.testing.assert_allclose(
+        embed_stack(weights, folder, tmp_path / "chunks.tif"), whole, rtol=0, atol=1e-6
+    )
