@@ -23,9 +23,11 @@ Files: ranks write ``OUT.rank{r}of{N}.partial`` (their strips' rows, CRS and tra
 and record each finished strip in ``<part>.json`` (atomic); when every strip is written, rank 0
 renames the one part (or joins the parts, or copies them into a Cloud-Optimised GeoTIFF) to ``OUT``.
 A killed run leaves parts and progress files and no ``OUT``: rerunning the same command skips the
-finished strips. The output grid is the input grid scaled by the stride (``transform * scale(f)``);
-the last band, ``valid``, is the fraction of valid (not nodata) input pixels of each cell; cells with
-none are NaN.
+finished strips. A Zarr output (:mod:`skysense.inference_zarr`) is one store the ranks share, a chunk
+per strip, with a progress file per rank. The output grid is the input grid scaled by the stride
+(``transform * scale(f)``); the last band, ``valid``, is the fraction of valid (not nodata, and for
+dated stacks not without a clear date, :mod:`skysense.inference_stack`) input pixels of each cell;
+cells with none are NaN.
 """
 
 from __future__ import annotations
