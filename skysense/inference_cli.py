@@ -112,18 +112,24 @@ def _predict(args: argparse.Namespace) -> int:
         return predict_cli(args)
     head = task_head(args.checkpoint, args.tile, _device(args.device), args.precision, args.stats)
     settings = {"precision": args.precision, **({"stats": str(args.stats)} if args.stats else {})}
-    if (args.s2 or args.s1) and (head.inputs == ("hr",) or len(args.inputs) > 1):
+    multi = any(m in head.inputs for m in ("s2", "s1"))
+    if (args.s2 or args.s1 or multi) and (not multi or len(args.inputs) > 1):
         raise ValueError(
             f"{args.checkpoint}: this checkpoint reads {', '.join(head.inputs)}; --s2/--s1 stacks "
             "(with at most one hr image) go with multi-modal segmentation checkpoints"
         )
-    scene = _stacks(args, args.inputs[0] if args.inputs else None, head.modality_bands)
-    if scene is None and len(args.inputs) != len(head.inputs):
+    if not multi and len(args.inputs) != len(head.inputs):
         raise ValueError(
             f"the checkpoint's task takes {len(head.inputs)} input(s) ({', '.join(head.inputs)}), "
             f"got {len(args.inputs)}"
         )
-    summary = _run(args, scene or args.inputs, head, args.checkpoint, settings)
+    scene: object = args.inputs
+    if multi:  # any of hr, s2, s1 that the model takes
+        from skysense.inference_stack import StackScene
+
+        stacks = {m: getattr(args, m) for m in ("s2", "s1") if getattr(args, m)}
+        scene = StackScene(args.inputs[0] if args.inputs else None, stacks, head.modality_bands)
+    summary = _run(args, scene, head, args.checkpoint, settings)
     return _finish(summary, Path(args.out).with_suffix(".png"))
 
 

@@ -181,6 +181,9 @@ def test_predict_errors_name_the_fix(tmp_path, capsys):
         "reads hr; --s2/--s1 stacks (with at most one hr image) go with multi-modal"
         in capsys.readouterr().err
     )
+    fused = fused_checkpoint(tmp_path)
+    assert main(["predict", "--checkpoint", str(fused), "--out", str(tmp_path / "o.tif")]) == 2
+    assert "no input: give an hr GeoTIFF and/or s2/s1 stack folders" in capsys.readouterr().err
     ndvi = fused_checkpoint(tmp_path, s2_bands=1)  # a 1-band series (NDVI): no default statistics
     with pytest.raises(ValueError, match="1 band.*--stats FILE"):
         task_head(ndvi, 32, precision="fp32")
