@@ -163,7 +163,9 @@ def test_predict_over_s2_and_s1_stacks(tmp_path):
     # the same run into a Zarr store
     assert main([*argv, "--out", str(tmp_path / "seg.zarr"), "--format", "zarr"]) == 0
     zarr = pytest.importorskip("zarr")
-    assert zarr.open_group(str(tmp_path / "seg.zarr"))["bands"][:].tobytes() == got.tobytes()
+    group = zarr.open_group(str(tmp_path / "seg.zarr"), mode="r")
+    assert group["bands"][:].tobytes() == got.tobytes()
+    assert group.attrs["s2_dates"] == "2021-06-01,2021-07-11,2021-08-20" and group.attrs["epsg"] == 32633
 
 
 def test_predict_errors_name_the_fix(tmp_path, capsys):
