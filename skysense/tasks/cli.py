@@ -71,7 +71,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune",
-        help="fine-tune on a downstream task (classification, segmentation, change)",
+        help="fine-tune on a downstream task (classification, segmentation, change, detection)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -199,3 +199,16 @@ def test_finetune_and_evaluate_oriented_detection_on_real_ucas_aod_through_the_c
     assert (tmp_path / "pr_test.png").stat().st_size > 1000
     drawn = sorted(p.name for p in tmp_path.glob("predictions_test_*.png"))
     assert len(drawn) == 2
+
+
+@pytest.mark.parametrize(
+    "name,task", [("ucas_aod_tiny", "oriented_detection"), ("airport_tiny", "detection")]
+)
+def test_the_presets_are_read_as_detection_configs(name, task):
+    from skysense.detection.task import detection_task_of
+    from skysense.engine.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "finetune" / f"{name}.yaml"
+    assert detection_task_of(path) and not detection_task_of(path.with_name("aid_tiny.yaml"))
+    assert not detection_task_of(path, ["task=segmentation"])
+    assert load_config(DetectionConfig, path).task == task
