@@ -210,7 +210,9 @@ class OrientedRCNN(nn.Module):
         logits, reg = self.head(levels, strides, rois)
         pos = cls > 0
         box = F.smooth_l1_loss(reg[pos], targets[pos], beta=1.0, reduction="sum") / max(cls.numel(), 1)
-        return {"loss_classifier": F.cross_entropy(logits, cls), "loss_box_reg": box}
+        # no RoI at all (no proposal survived and no object): 0, not the NaN of a mean over nothing
+        ce = F.cross_entropy(logits, cls) if cls.numel() else logits.sum() * 0.0
+        return {"loss_classifier": ce, "loss_box_reg": box}
 
     @torch.no_grad()
     def detect(
