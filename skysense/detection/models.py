@@ -88,7 +88,7 @@ class HrFPN(nn.Module):
         return self
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
-        levels = self.encoder({"hr": images})["hr"]
+        levels = self.encoder.encoders["hr"](images)  # the pyramid alone: no fusion, no geo-context
         return self.fpn(OrderedDict((str(i), x) for i, x in enumerate(levels)))
 
 
