@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 BF16_MARGIN = 1.25  # auto picks bf16 only where its matmul beats fp32's by this much (it rounds coarser)
 ONEDNN_MARGIN = 1.1  # fp32 Linear goes through oneDNN only where that is clearly faster than aten's
 _SPEEDS: dict[str, float] = {}
+_BF16_CACHE: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}  # id -> (tensor, version, bf16 copy)
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -143,24 +145,65 @@ def onednn_fp32() -> bool:
     return s["fp32_onednn"] >= ONEDNN_MARGIN * s["fp32"]
 
 
+def _bf16_copy(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in bf16, cached while ``t`` lives and is unchanged (its version counter): autocast's own
+    cache of weight casts ends with each ``torch.autocast`` block; this one spans calls."""
+    import torch
+
+    hit = _BF16_CACHE.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == t._version:
+        return hit[2]
+    with torch.inference_mode(False), torch.no_grad():  # a normal tensor: later training may save it
+        low = t.detach().to(torch.bfloat16)
+    key = id(t)
+    _BF16_CACHE[key] = (weakref.ref(t, lambda _: _BF16_CACHE.pop(key, None)), t._version, low)
+    return low
+
+
+def _onednn_path(x: torch.Tensor, weight: torch.Tensor) -> str | None:
+    """Which oneDNN linear fits this call: "fp32", "bf16" (under CPU bf16 autocast) or None (F.linear)."""
+    import torch
+
+    if (
+        torch.compiler.is_compiling()  # inductor picks (it lowers this op only on frozen weights)
+        or x.device.type != "cpu"
+        or weight.dtype != torch.float32
+        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        or not torch.backends.mkldnn.is_available()
+    ):
+        return None
+    autocast = torch.is_autocast_enabled("cpu")
+    fp32 = x.dtype == torch.float32 and not autocast
+    if autocast:
+        bf16 = (
+            torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+        lowp_ok = x.dtype in (torch.float32, torch.bfloat16) and not weight.is_inference()  # cache key
+        return "bf16" if bf16 and lowp_ok else None
+    return "fp32" if fp32 and onednn_fp32() else None
+
+
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False
 ) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, then exact GELU if ``gelu``; in fp32 CPU inference (no autograd,
-    no autocast, not compiling) through oneDNN where :func:`onednn_fp32`, with bias and GELU fused
-    into the GEMM (no separate passes over the output). Equal up to float rounding."""
+    """``F.linear(x, weight, bias)``, then exact GELU if ``gelu``.
+
+    In CPU inference (no autograd) through oneDNN with the bias and GELU fused into the GEMM, which saves
+    aten's copy of the bias into the output and a pass of GELU: under bf16 autocast always (aten's bf16
+    GEMM is oneDNN's too), in fp32 where :func:`onednn_fp32`; not while compiling. Equal up to rounding."""
     import torch
     import torch.nn.functional as F
 
-    if (
-        x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and onednn_fp32()
-    ):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none")
+    path = _onednn_path(x, weight)
+    attr = "gelu" if gelu else "none"
+    if path == "fp32":
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], "none")
+    if path == "bf16":
+        b = None if bias is None else bias.to(torch.bfloat16)  # small; may be made per call (Swin's qkv)
+        return torch.ops.mkldnn._linear_pointwise(
+            x.to(torch.bfloat16), _bf16_copy(weight), b, attr, [], "none"
+        )
     y = F.linear(x, weight, bias)
-    return F.gelu(y) if gelu else y
+    if not gelu:
+        return y
+    return F.gelu(y) if torch.is_grad_enabled() and y.requires_grad else torch.ops.aten.gelu_(y)

@@ -124,3 +124,24 @@ def test_linear_keeps_autograd(speeds) -> None:
     w = torch.randn(6, 8, requires_grad=True)
     linear(x, w, gelu=True).sum().backward()
     assert x.grad is not None and w.grad is not None
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_bf16_linear_uses_a_cached_cast_that_follows_the_weight(speeds) -> None:
+    speeds.update({"fp32": 100.0, "fp32_onednn": 200.0, "bf16": 400.0})
+    lin = torch.nn.Linear(64, 32)
+    x = torch.randn(2, 5, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear(x, lin.weight, lin.bias, gelu=True)
+        want = F.gelu(F.linear(x, lin.weight, lin.bias).float())
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.02)
+    assert id(lin.weight) in runtime._BF16_CACHE
+    with torch.no_grad():
+        lin.weight.mul_(-1.0)  # an optimizer step or load_state_dict: the cached cast must not be reused
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear(x, lin.weight, lin.bias)
+    torch.testing.assert_close(got.float(), F.linear(x, lin.weight, lin.bias), atol=0.05, rtol=0.02)
+    key = id(lin.weight)
+    del lin
+    assert key not in runtime._BF16_CACHE  # dropped with its weight

@@ -44,6 +44,7 @@ from torch.utils.checkpoint import checkpoint
 
 from skysense.config import SwinConfig
 from skysense.models.layers import DropPath
+from skysense.runtime import linear
 
 LOGIT_SCALE_MAX = math.log(100.0)  # mmcls: clamp(logit_scale, max=log(1 / 0.01))
 MASK_VALUE = -100.0  # mmcls: additive mask between regions of a shifted window
@@ -194,7 +195,7 @@ class WindowMSAV2(nn.Module):
         n, bw, c = x.shape
         h, d = self.num_heads, c // self.num_heads
         qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, qkv_bias)  # one GEMM on the leaf weight (autocast caches its cast)
+        qkv = linear(x, self.qkv.weight, qkv_bias)  # one GEMM on the leaf weight (autocast caches its cast)
         q, k, v = qkv.view(n, bw, 3, h, d).unbind(2)  # (N, B*nW, heads, d) each
         # cosine attention as F.normalize does it (eps 1e-12), exp(logit_scale) folded into q
         scale = self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp().view(h, 1)
@@ -211,7 +212,7 @@ class WindowMSAV2(nn.Module):
             attn_mask = (mask.to(q.dtype).unsqueeze(1) + bias).reshape(1, -1, n, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
         out = out.permute(2, 0, 1, 3).reshape(n, bw, c)  # a view where SDPA keeps the layout (CPU flash)
-        return self.proj(out)
+        return linear(out, self.proj.weight, self.proj.bias)
 
 
 class ShiftWindowMSA(nn.Module):
@@ -259,8 +260,7 @@ class FFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         fc1, fc2 = self.layers[0][0], self.layers[1]  # type: ignore[index]
-        x = fc1(x)
-        return fc2(torch.ops.aten.gelu_(x) if _free(x) else F.gelu(x))  # in place when autograd allows
+        return linear(linear(x, fc1.weight, fc1.bias, gelu=True), fc2.weight, fc2.bias)
 
 
 class SwinBlockV2(nn.Module):
@@ -308,7 +308,7 @@ class PatchMerging(nn.Module):
             weight = weight.view(-1, c, 4).transpose(1, 2).reshape(-1, 4 * c)
         else:
             x = x.permute(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, 4 * c)  # nn.Unfold order
-        return self.norm(F.linear(x, weight))
+        return self.norm(linear(x, weight))
 
 
 class PatchEmbed(nn.Module):

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from skysense.config import FusionConfig
 from skysense.dates import dtpe_index
 from skysense.models.vit import TransformerEncoderLayer, init_transformer_
+from skysense.runtime import linear
 
 
 class TemporalFusion(nn.Module):
@@ -61,7 +62,9 @@ class TemporalFusion(nn.Module):
         ``pad`` True marks padded time steps: their tokens are zeroed and never attended to.
         """
         b, l, c, h, w = feats.shape
-        x = self.porj_linear(feats.permute(0, 3, 4, 1, 2))  # (B, h, w, L, D)
+        x = linear(
+            feats.permute(0, 3, 4, 1, 2), self.porj_linear.weight, self.porj_linear.bias
+        )  # (B, h, w, L, D)
         enc = self.date_encoding(days, dated)
         if enc is not None:
             x = x + enc[:, None, None].to(x.dtype)

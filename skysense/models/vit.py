@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from skysense.config import ViTConfig
 from skysense.models.layers import DropPath
+from skysense.runtime import linear
 
 
 def resize_pos_embed(pos_embed: Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> Tensor:
@@ -48,10 +49,10 @@ class PackedSelfAttention(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         """(N, L, D) -> (N, L, D); ``attn_mask`` bool, broadcastable to (N, H, L, L), True = attend."""
         n, l, d = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (N, L, 3D)
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias)  # (N, L, 3D)
         qkv = qkv.view(n, l, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)  # (3, N, H, L, d)
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)  # (N, H, L, d)
-        return self.out_proj(x.transpose(1, 2).reshape(n, l, d))
+        return linear(x.transpose(1, 2).reshape(n, l, d), self.out_proj.weight, self.out_proj.bias)
 
 
 class Attention(nn.Module):
@@ -73,7 +74,8 @@ class FFN(nn.Module):
         self.layers = nn.Sequential(nn.Sequential(nn.Linear(dim, hidden), nn.GELU()), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
+        fc1, fc2 = self.layers[0][0], self.layers[1]  # type: ignore[index]
+        return linear(linear(x, fc1.weight, fc1.bias, gelu=True), fc2.weight, fc2.bias)
 
 
 class TransformerEncoderLayer(nn.Module):
