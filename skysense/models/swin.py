@@ -260,6 +260,7 @@ class FFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         fc1, fc2 = self.layers[0][0], self.layers[1]  # type: ignore[index]
+        assert isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
         return linear(linear(x, fc1.weight, fc1.bias, gelu=True), fc2.weight, fc2.bias)
 
 
