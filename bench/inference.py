@@ -148,6 +148,13 @@ def seam_difference(scene: Path, out: Path, head: object) -> dict[str, float]:
     return {"seam_mean_rel": float(diff.mean()) / scale, "seam_max_rel": float(diff.max()) / scale}
 
 
+def one_command(args: argparse.Namespace, tmp: str, size: int, preset: str, precision: str) -> list[str]:
+    """The command of one (preset, precision, size) run in its own process."""
+    cmd = [sys.executable, "-m", "bench.inference", "--one", "--tmp", tmp, "--size", str(size)]
+    cmd += ["--preset", preset, "--precision", precision, "--strips", str(args.strips)]
+    return cmd + ["--tile", str(args.tile), "--overlap", str(args.overlap), "--batch", str(args.batch)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 8192])
@@ -178,33 +185,7 @@ def main() -> None:
         for preset in args.presets:
             for precision in args.precisions:
                 for size in args.sizes:
-                    common = [
-                        "--tile",
-                        str(args.tile),
-                        "--overlap",
-                        str(args.overlap),
-                        "--batch",
-                        str(args.batch),
-                    ]
-                    cmd = [
-                        sys.executable,
-                        "-m",
-                        "bench.inference",
-                        "--one",
-                        "--tmp",
-                        tmp,
-                        "--size",
-                        str(size),
-                    ]
-                    cmd += [
-                        "--preset",
-                        preset,
-                        "--precision",
-                        precision,
-                        "--strips",
-                        str(args.strips),
-                        *common,
-                    ]
+                    cmd = one_command(args, tmp, size, preset, precision)
                     res = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
                     rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
                     print(table(rows[-1:], list(rows[-1])), flush=True)
