@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +23,8 @@ import numpy as np
 import rasterio
 from rasterio.transform import Affine
 
-from bench.common import THREADS, data_folder, setup
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` finds `bench`
+from bench.common import THREADS, data_folder, setup  # noqa: E402
 
 S2_PICK = [1, 2, 3, 4, 5, 6, 7, 8, 11, 12]  # B2 .. B8A, B11, B12 of the chip's B1 .. B12
 
@@ -119,3 +121,10 @@ def stack_rows(args: argparse.Namespace, tmp: str, run: object) -> list[dict[str
             cmd += ["--overlap", str(args.overlap), "--batch", str(args.batch)]
             rows.append(json.loads(run(cmd).strip().splitlines()[-1]))  # type: ignore[operator]
     return rows
+
+
+if __name__ == "__main__":  # the same as python -m bench.inference --stack ...
+    from bench.inference import main
+
+    sys.argv.insert(1, "--stack")
+    main()
