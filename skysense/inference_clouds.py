@@ -77,8 +77,10 @@ def cloudy(values: np.ndarray, kind: str, nodata: float | None = None) -> np.nda
 class CloudMask:
     """One date's cloud mask, read a window at a time on the stack's (coarsened) grid."""
 
-    def __init__(self, src: Any, index: int, kind: str, warp: Any) -> None:
-        self.src, self.index, self.kind = src, index, kind  # src: the sidecar (closed here) or the date file
+    def __init__(self, src: Any, index: int, kind: str, warp: Any, own: bool = False) -> None:
+        """Band ``index`` of ``src`` (the date's file, or a sidecar that ``own`` says to close here)
+        through ``warp(src, resampling)`` onto the stack's grid."""
+        self.src, self.index, self.kind, self.own = src, index, kind, own
         self.nodata = src.nodata if kind == "binary" else None
         self.vrt = warp(src, Resampling.nearest)
 
@@ -99,11 +101,7 @@ class CloudMask:
         if src.crs is None or src.transform.is_identity or src.count != 1:
             src.close()
             raise ValueError(f"{sidecar}: a cloud mask needs one band, a CRS and a geotransform")
-        mask = cls(src, 1, "binary", warp)
-        mask.own = True
-        return mask
-
-    own = False  # whether close() closes the source (a sidecar) too
+        return cls(src, 1, "binary", warp, own=True)
 
     def read(self, window: Any) -> np.ndarray:
         return cloudy(self.vrt.read(self.index, window=window), self.kind, self.nodata)
