@@ -1,6 +1,7 @@
 """``skysense demo``: its probe matches the bench's, its config ships with the package, and it runs on the
 real data with a printout and a summary that agree."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -27,6 +28,30 @@ def test_warm_started_probe_reaches_the_cold_probes_optimum():
     assert warm.val_by_c == cold.val_by_c and warm.c == cold.c
     assert warm.oa == cold.oa and (warm.confusion == cold.confusion).all()
     assert 1 / 6 < cold.oa < 1  # a real problem: neither trivial nor hopeless
+
+
+@pytest.mark.slow
+def test_pretraining_on_the_decoded_scenes_is_pretraining_on_the_aid_source(tmp_path):
+    """The demo decodes AID once for pre-training and probe: the run matches ``data.sources [aid]``."""
+    import torch
+
+    from skysense.demo import load_aid, pretrain, pretrain_config
+    from skysense.engine.state import load_checkpoint
+    from skysense.pretrain.trainer import train
+    from tests.tasks.test_data import scene_folder
+
+    root = tmp_path / "data"
+    scene_folder(root / "aid", per_class=8, size=32)
+    cfg, overrides = pretrain_config(root, tmp_path / "demo", 2)
+    cfg = dataclasses.replace(cfg, batch_size=4, progress=False)
+    scenes = load_aid(root, cfg.data.hr_tile)
+    pt = pretrain(cfg, overrides, scenes["train"])
+    ref = train(dataclasses.replace(cfg, out_dir=str(tmp_path / "ref")))
+    assert pt["scenes"] == ref["samples"] == len(scenes["train"].ids) > 0
+    assert pt["loss_first"] == round(ref["losses"][0], 3) and pt["loss_last"] == round(ref["losses"][-1], 3)
+    ours, theirs = (load_checkpoint(tmp_path / d / "last.ckpt")["teacher"] for d in ("demo", "ref"))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def test_demo_config_ships_with_the_package_and_is_the_recorded_recipe():
@@ -70,6 +95,7 @@ def test_demo_end_to_end_writes_what_it_prints(tmp_path):
     for figure in (lp["oa_pretrained"], lp["oa_random_init"], 1 / 30, 0.468, 0.643):
         assert f"{100 * figure:.1f} %" in printed
     assert "2,147 scenes" in printed and "Spain_7370579" in printed and str(tmp_path) in printed
+    assert pt["lr"] == 5e-4 and "epochs, lr 0.0005)" in printed and "3,500 steps, lr 0.00025" in printed
     assert written["linear_probe"]["oa_pretrained"] == lp["oa_pretrained"]
     for name in written["files"]:
         assert (tmp_path / name).stat().st_size > 500, name
