@@ -12,7 +12,11 @@ hr pyramid and the default :class:`~skysense.detection.models.DetectionHeadConfi
 - *train step*: forward with 8 random boxes per image, the summed losses' backward, one AdamW step;
 - *tiled*: :func:`skysense.detection.tiling.detect_tiled` over a GeoTIFF of ``--scene`` pixels a side
   (tiles of S, overlap S / 4: reading, normalising, shifting, the mosaic NMS), as tiles/s beside the
-  inference tiles/s: ``overhead = 1 - inference s per tile / pipeline s per tile``.
+  detector alone on as many tiles of the same noise, each pipeline call followed by one of those in
+  the same process (so both see the same load on a shared machine):
+  ``overhead = 1 - detector s per tile / pipeline s per tile``, and the share of
+  the pipeline's time spent in the mosaic NMS (``merge_share``). The inference batch is the same noise
+  as the scene (the heads' cost depends on how many boxes pass their score threshold).
 
 Each configuration runs in a fresh process, so its peak resident memory (CPU) or peak allocated memory
 (CUDA) is its own. Writes ``bench/results/detection.json``.
@@ -87,15 +91,51 @@ def measure(args: tuple[str, str, str, str, int, int, int, int, int], queue: Any
     result: dict[str, Any] = {"device": str(device)}
     if mode == "tiled":
         one = tiled(model.eval(), task, device, precision, size, batch, scene, result)
+        seconds, busy = interleaved(one, model, device, precision, size, batch, reps, result)
     else:
         one = model_call(model, task, device, precision, mode, size, batch, result)
-    seconds = common.time_call(one, reps, warmup=1)
+        seconds, busy = common.quiet_time_call(one, reps, warmup=1)  # busy: other processes' cores
     peak = (
         torch.cuda.max_memory_allocated() / 2**20
         if cuda
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
-    queue.put({**result, "seconds": common.summary(seconds), "peak_mib": peak})
+    queue.put({**result, "seconds": common.summary(seconds), "peak_mib": peak, "busy_cores": busy})
+
+
+def interleaved(
+    pipeline: Callable[[], None],
+    model: Any,
+    device: Any,
+    precision: str,
+    size: int,
+    batch: int,
+    reps: int,
+    result: dict,
+) -> tuple[list[float], float]:
+    """Seconds of ``reps`` pipeline calls, each followed by the detector alone (eval, inference mode) on
+    as many tiles of scene noise, so that both see the same load; the latter's median per tile goes
+    to ``result["alone_s_per_tile"]``."""
+    import torch
+
+    x = (torch.randint(0, 255, (batch, 3, size, size)).float() / 255.0).to(device)
+
+    @torch.inference_mode()
+    def alone() -> None:
+        for _ in range(max(1, result["tiles"] // batch)):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    pipeline()  # warm-up; sets result["tiles"]
+    busy = common.wait_quiet()
+    pipe, solo = [], []
+    for _ in range(reps):
+        pipe += common.time_call(pipeline, 1, warmup=0)
+        solo += common.time_call(alone, 1, warmup=0)
+    result["alone_s_per_tile"] = common.summary(solo)["median_s"] / (result["tiles"] // batch * batch)
+    return pipe, busy
 
 
 def model_call(
@@ -105,7 +145,8 @@ def model_call(
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    # the tiled scene's pixels (uint8 noise / 255): the heads' cost depends on how many boxes pass
+    x = (torch.randint(0, 255, (batch, 3, size, size), generator=gen).float() / 255.0).to(device)
     tg = [{k: v.to(device) for k, v in t.items()} for t in targets(task, batch, size, gen)]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train(mode == "train")
@@ -139,19 +180,32 @@ def tiled(
     model: Any, task: str, device: Any, precision: str, size: int, batch: int, scene: int, result: dict
 ) -> Any:
     """A call of the tiled pipeline over a ``scene`` x ``scene`` GeoTIFF (tiles ``size``, overlap /4)."""
+    import time
+
     import torch
 
+    from skysense.detection import tiling
     from skysense.detection.predict import _wrap
-    from skysense.detection.tiling import Detector, detect_tiled
 
     run = _wrap(model, device, torch.bfloat16 if precision == "bf16" else None)
-    det = Detector(run, lambda t: t.float() / 255.0, [str(k) for k in range(CLASSES)], task != "detection")
-    tmp = Path(tempfile.mkdtemp())
-    path = scene_tif(tmp / "scene.tif", scene)
+    det = tiling.Detector(
+        run, lambda t: t.float() / 255.0, [str(k) for k in range(CLASSES)], task != "detection"
+    )
+    path = scene_tif(Path(tempfile.mkdtemp()) / "scene.tif", scene)
+    nms, merge_s = tiling.merge_nms, [0.0]
+
+    def timed_nms(*a: Any) -> Any:  # the mosaic NMS's share of the pipeline
+        t0 = time.perf_counter()
+        keep = nms(*a)
+        merge_s[0] += time.perf_counter() - t0
+        return keep
+
+    tiling.merge_nms = timed_nms  # type: ignore[assignment]
 
     def one() -> None:
-        out = detect_tiled(path, det, tile=size, overlap=size // 4, batch=batch, progress=False)
-        result["tiles"], result["boxes"] = out.tiles, len(out)
+        merge_s[0] = 0.0
+        out = tiling.detect_tiled(path, det, tile=size, overlap=size // 4, batch=batch, progress=False)
+        result.update(tiles=out.tiles, boxes=len(out), merge_s=merge_s[0])
 
     return one
 
@@ -172,7 +226,7 @@ def main() -> None:
     p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     p.add_argument("--size", type=int, default=1024, help="image (tile) side in pixels")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--scene", type=int, default=2048, help="side of the tiled scene; 0 skips the tiled row")
     p.add_argument("--out", default="detection.json")
     args = p.parse_args()
@@ -198,15 +252,20 @@ def main() -> None:
                     med = got["seconds"]["median_s"]
                     row["device"] = got["device"]
                     row[f"{mode}_peak_mib"] = got["peak_mib"]
+                    row[f"{mode}_busy_cores"] = got["busy_cores"]
+                    row[f"{mode}_best_s"] = got["seconds"]["best_s"]
                     if mode == "tiled":
                         row["tiled_tiles_s"] = got["tiles"] / med
-                        row["overhead"] = 1 - (1 / row["infer_images_s"]) / (med / got["tiles"])
+                        row["tiled_alone_s_per_tile"] = got["alone_s_per_tile"]
+                        row["overhead"] = 1 - got["alone_s_per_tile"] / (med / got["tiles"])
+                        row["merge_share"] = got["merge_s"] / med
                     else:
                         row[f"{mode}_images_s"] = args.batch / med
                     row.update({k: got[k] for k in ("boxes_per_image",) if k in got})
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     cols = ["preset", "task", "precision", "infer_images_s", "train_images_s", "tiled_tiles_s", "overhead"]
+    cols += ["merge_share"]
     cols += ["infer_peak_mib", "train_peak_mib", "tiled_peak_mib"]
     print(common.table(rows, cols))
     payload = {
