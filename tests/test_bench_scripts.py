@@ -68,3 +68,14 @@ def test_peak_is_the_fastest_call_per_path_and_dtype():
         "fp32": 190.0,
         "bf16": 400.0,
     }
+
+
+def test_flops_of_our_vit_equal_timms_whatever_gemm_path_ours_takes():
+    import torch
+
+    from bench.encoders import count_flops, vit_cases
+
+    runners = {c.who: (c.build().eval(), c.shape) for c in vit_cases("tiny", 2)}
+    with torch.inference_mode():  # where runtime.linear may take oneDNN, which torch's counter misses
+        counts = {who: count_flops(r, torch.randn(shape)) for who, (r, shape) in runners.items()}
+    assert counts["ours"] == counts["timm"] > 0
