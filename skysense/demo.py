@@ -1,4 +1,4 @@
-"""``skysense demo``: the main job end to end on a small default (``make demo``: 2 min 16 s of CPU time).
+"""``skysense demo``: the main job end to end on a small default (``make demo``: 2 min 12-16 s of CPU time).
 
 1. Pre-train the ``tiny`` hr encoder (SwinV2) self-supervised on the AID train split: the recorded recipe of
    ``configs/pretrain/aid_hr_cpu.yaml`` (MGCL, EMA teacher), shortened to ``--steps`` steps without the
@@ -476,10 +476,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="pre-train briefly on AID, linear-probe it, run real S1+S2 through the encoder; plots",
-        description="The main job end to end in 2 min 16 s of CPU time, on one thread: pre-train the tiny hr "
-        "encoder self-supervised on the AID train scenes, linear-probe it against its random initialisation "
-        "(test OA on 30 classes), run a real Sentinel-2 + Sentinel-1 chip through the fused multi-modal "
-        "encoder, and write a quick look, plots and a summary. Reads the data in $SKYSENSE_DATA "
+        description="The main job end to end in 2 min 12-16 s of CPU time, on one thread: pre-train the "
+        "tiny hr encoder self-supervised on the AID train scenes, linear-probe it against its random "
+        "initialisation (test OA on 30 classes), run a real Sentinel-2 + Sentinel-1 chip through the fused "
+        "multi-modal encoder, and write a quick look, plots and a summary. Reads the data in $SKYSENSE_DATA "
         "(default ../shared/data); downloads nothing.",
     )
     p.add_argument("--steps", type=int, default=100, help="pre-training steps (default 100: 50 s of CPU)")
