@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("skysense.pretrain.cli", "self-supervised pre-training (MGCL + CMA + GCPL, EMA teacher)"),
     "finetune": (
         "skysense.tasks.cli",
-        "fine-tune on a downstream task (classification, segmentation, change)",
+        "fine-tune on a downstream task (classification, segmentation, change, detection)",
     ),
     "evaluate": (
         "skysense.tasks.cli",
