@@ -135,12 +135,11 @@ def main() -> None:
                 row["full_over_frozen"] = row["frozen_samples_s"] / row["full_samples_s"]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                payload = {"machine": common.machine(), "batch": args.batch, "reps": args.reps, "rows": rows}
+                path = common.save(args.out, payload)  # after every row: a run cut short keeps its rows
     cols = ["preset", "task", "precision", "full_samples_s", "frozen_samples_s", "full_over_frozen"]
     cols += ["full_peak_mib", "frozen_peak_mib"]
     print(common.table(rows, cols))
-    path = common.save(
-        args.out, {"machine": common.machine(), "batch": args.batch, "reps": args.reps, "rows": rows}
-    )
     print(f"wrote {path}")
 
 
