@@ -18,6 +18,7 @@ augment=False, oriented=None)``, reading ``$SKYSENSE_DATA/detection/<folder>``:
   test images are not public); the official training list is ``trainval``, cut into ``val`` and ``train``
   by the same hash rule as UCAS-AOD.
 - ``neon_trees`` (horizontal; tree): ``test``, the two NEON crops, every crown one class ``tree``.
+- ``dota``: your own folder in the DOTA layout (``root/<split>/{images,labelTxt}``), classes named by you.
 
 ``oriented=True`` on a horizontal set gives (N, 5) boxes at angle 0; ``oriented=False`` on an oriented set
 gives the corners' bounding rectangles. A label file without its image is an :class:`AnnotationError`; an
@@ -362,7 +363,32 @@ def neon_trees(
     return DetectionDataset(_read_all("neon_trees", pairs, read), ("tree",), bool(oriented), **kw)
 
 
+def dota(
+    split: str,
+    root: str | Path | None = None,
+    oriented: bool | None = None,
+    classes: Sequence[str] = (),
+    **kw: Any,
+) -> DetectionDataset:
+    """Your own data in the DOTA layout: ``root/<split>/images/*`` and ``root/<split>/labelTxt/<stem>.txt``
+    (4 corners, class, difficulty) for the splits ``train``, ``val``, ``test``; ``classes`` names all."""
+    if root is None or not classes:
+        raise ValueError(
+            "dataset dota reads your own folder: set data.root=FOLDER and data.classes=[a,b,...]"
+        )
+    folder = Path(root) / split
+    if not (folder / "images").is_dir():
+        raise FileNotFoundError(
+            f"{folder / 'images'}: no such folder (layout: <root>/<split>/images, labelTxt)"
+        )
+    pairs = pair_labels(list_images(folder / "images"), folder / "labelTxt", ".txt")
+    names = tuple(classes)
+    items = _read_all(f"dota {split}", pairs, lambda f, s: read_dota(f, s, names))
+    return DetectionDataset(items, names, True if oriented is None else oriented, **kw)
+
+
 DETECTION_SETS: dict[str, Callable[..., DetectionDataset]] = {
+    "dota": dota,
     "ucas_aod": ucas_aod,
     "dota8": dota8,
     "airport": airport,

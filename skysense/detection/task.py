@@ -43,8 +43,9 @@ HEADLINE = "map50"
 class DetectionDataConfig:
     """Which detection set a run reads (:data:`skysense.detection.data.DETECTION_SETS`)."""
 
-    dataset: str = "ucas_aod"  # ucas_aod | dota8 | airport | simd | neon_trees
+    dataset: str = "ucas_aod"  # ucas_aod | dota8 | airport | simd | neon_trees | dota (your own folder)
     root: str = ""  # default: $SKYSENSE_DATA/detection/<the set's folder>
+    classes: list[str] = field(default_factory=list)  # the class names of dataset dota
     size: int = 512  # longer side after resizing; images are padded to size x size
     train: str = "train"  # the splits read for training and validation
     val: str = "val"
@@ -111,8 +112,14 @@ def detection_split(cfg: DetectionConfig, split: str) -> tuple[SquareImages, lis
     from skysense.detection.data import build_detection_set
 
     d = cfg.data
+    own = {"classes": d.classes} if d.classes else {}
     data = build_detection_set(
-        d.dataset, split, root=d.root or None, oriented=cfg.task == "oriented_detection", max_size=d.size
+        d.dataset,
+        split,
+        root=d.root or None,
+        oriented=cfg.task == "oriented_detection",
+        max_size=d.size,
+        **own,
     )
     if not len(data):
         raise ValueError(f"{d.dataset} {split}: no images (data.root={d.root or 'default'})")

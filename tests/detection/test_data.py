@@ -169,6 +169,24 @@ def test_folder_set_negatives_orphans_and_resize(tmp_path: Path) -> None:
         airport("valid", root=root)
 
 
+def test_own_dota_folder_reads_with_the_named_classes(tmp_path: Path) -> None:
+    lines = {"x": "10 4 30 4 30 14 10 14 ship 0\n40 20 50 20 50 30 40 30 airplane 1\n"}
+    root = write_airport(tmp_path / "a", lines, ("x",))  # the airport export is the DOTA layout
+    ds = build_detection_set("dota", "train", root=root, classes=["airplane", "ship"])
+    x = ds[0]
+    assert list(ds.classes) == ["airplane", "ship"] and x["labels"].tolist() == [1, 0]
+    assert x["difficult"].tolist() == [False, True]
+    torch.testing.assert_close(
+        x["boxes"][0], torch.tensor([20.0, 9.0, 20.0, 10.0, 0.0])
+    )  # oriented by default
+    with pytest.raises(ValueError, match="data.classes"):
+        build_detection_set("dota", "train", root=root)
+    with pytest.raises(AnnotationError, match="unknown class 'ship'"):
+        build_detection_set("dota", "train", root=root, classes=["airplane"])
+    with pytest.raises(FileNotFoundError, match="layout"):
+        build_detection_set("dota", "test", root=root, classes=["airplane", "ship"])
+
+
 # ----------------------------------------------------------------------------- the shared sets
 
 COUNTS = {  # (set, split): images, objects, as the folders' README.txt give them
