@@ -90,9 +90,11 @@ def _embed(args: argparse.Namespace) -> int:
 
     from skysense.checkpoint import read_meta
     from skysense.inference import encoder_head
+    from skysense.runtime import kernels
 
-    head = encoder_head(args.weights, args.level, _device(args.device), args.precision)
-    settings = {"level": args.level, "precision": args.precision}
+    device = _device(args.device)
+    head = encoder_head(args.weights, args.level, device, args.precision)
+    settings = {"level": args.level, "precision": args.precision, **kernels(args.precision, device)}
     if (args.s2 or args.s1) and args.level != "fused":
         raise ValueError("--s2/--s1 stacks give the fused map: drop --level (or use it with hr alone)")
     bands = {m: len(spec.bands) for m, spec in read_meta(args.weights).modalities.items()}
@@ -107,11 +109,13 @@ def _embed(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from skysense.detection.predict import is_detection_checkpoint, predict_cli
     from skysense.inference import task_head
+    from skysense.runtime import kernels
 
     if is_detection_checkpoint(args.checkpoint):  # boxes: GeoJSON / DOTA / COCO (skysense.detection.predict)
         return predict_cli(args)
     head = task_head(args.checkpoint, args.tile, _device(args.device), args.precision, args.stats)
-    settings = {"precision": args.precision, **({"stats": str(args.stats)} if args.stats else {})}
+    settings = {"precision": args.precision, **kernels(args.precision, _device(args.device))}
+    settings.update({"stats": str(args.stats)} if args.stats else {})
     multi = any(m in head.inputs for m in ("s2", "s1"))
     if (args.s2 or args.s1 or multi) and (not multi or len(args.inputs) > 1):
         raise ValueError(

@@ -141,8 +141,22 @@ def resolve_precision(choice: str, device: str = "cpu") -> torch.dtype:
 def onednn_fp32() -> bool:
     """Whether fp32 ``Linear`` layers run through oneDNN here: where it is measured ``ONEDNN_MARGIN``
     faster than aten's path (MKL dispatches AMD CPUs to AVX2 code; oneDNN uses their AVX-512)."""
+    forced = os.environ.get("SKYSENSE_FP32_LINEAR", "")  # "onednn" | "aten": pin the measured choice
+    if forced in ("onednn", "aten"):
+        return forced == "onednn"
     s = matmul_speeds()
     return s["fp32_onednn"] >= ONEDNN_MARGIN * s["fp32"]
+
+
+def kernels(choice: str, device: str = "cpu") -> dict[str, str]:
+    """What ``--precision choice`` computes with here: the dtype, and on a CPU the fp32 GEMM of the
+    encoders' linears. Both may be measured, so a resumable run records them in its fingerprint: a rerun
+    that would compute otherwise is refused instead of mixing tiles of two numerics."""
+    import torch
+
+    dtype = "bf16" if resolve_precision(choice, device) == torch.bfloat16 else "fp32"
+    gemm = "onednn" if torch.device(device).type == "cpu" and onednn_fp32() else "aten"
+    return {"compute_dtype": dtype, "fp32_linear": gemm}
 
 
 def _bf16_copy(t: torch.Tensor) -> torch.Tensor:

@@ -145,3 +145,36 @@ def test_bf16_linear_uses_a_cached_cast_that_follows_the_weight(speeds) -> None:
     key = id(lin.weight)
     del lin
     assert key not in runtime._BF16_CACHE  # dropped with its weight
+
+
+@pytest.mark.parametrize(
+    ("measured", "env", "expected"),
+    [
+        (
+            {"fp32": 100.0, "fp32_onednn": 400.0, "bf16": 800.0},
+            "",
+            {"compute_dtype": "bf16", "fp32_linear": "onednn"},
+        ),
+        (
+            {"fp32": 400.0, "fp32_onednn": 370.0, "bf16": 205.0},
+            "",
+            {"compute_dtype": "fp32", "fp32_linear": "aten"},
+        ),
+        (
+            {"fp32": 400.0, "fp32_onednn": 370.0, "bf16": 205.0},
+            "onednn",
+            {"compute_dtype": "fp32", "fp32_linear": "onednn"},
+        ),
+        (
+            {"fp32": 100.0, "fp32_onednn": 400.0, "bf16": 800.0},
+            "aten",
+            {"compute_dtype": "bf16", "fp32_linear": "aten"},
+        ),
+    ],
+)
+def test_kernels_name_what_a_run_computes_with(speeds, monkeypatch, measured, env, expected) -> None:
+    # what a resumable run records: a rerun measuring otherwise is refused, not mixed
+    speeds.update(measured)
+    monkeypatch.setenv("SKYSENSE_FP32_LINEAR", env)
+    assert runtime.kernels("auto") == expected
+    assert runtime.kernels("fp32")["compute_dtype"] == "fp32"
