@@ -182,7 +182,9 @@ def _onednn_path(x: torch.Tensor, weight: torch.Tensor) -> str | None:
         torch.compiler.is_compiling()  # inductor picks (it lowers this op only on frozen weights)
         or x.device.type != "cpu"
         or weight.dtype != torch.float32
-        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        # inference only: training, the EMA teacher and no_grad probes keep aten's numerics (under FSDP2
+        # the fused op made the teacher's losses drift from DDP's beyond rounding)
+        or not torch.is_inference_mode_enabled()
         or not torch.backends.mkldnn.is_available()
     ):
         return None
@@ -202,9 +204,10 @@ def linear(
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, then exact GELU if ``gelu``.
 
-    In CPU inference (no autograd) through oneDNN with the bias and GELU fused into the GEMM, which saves
-    aten's copy of the bias into the output and a pass of GELU: under bf16 autocast always (aten's bf16
-    GEMM is oneDNN's too), in fp32 where :func:`onednn_fp32`; not while compiling. Equal up to rounding."""
+    In CPU inference (``torch.inference_mode``) through oneDNN with the bias and GELU fused into the
+    GEMM, which saves aten's copy of the bias into the output and a pass of GELU: under bf16 autocast
+    always (aten's bf16 GEMM is oneDNN's too), in fp32 where :func:`onednn_fp32`; not while compiling.
+    Equal up to rounding."""
     import torch
     import torch.nn.functional as F
 

@@ -118,6 +118,15 @@ def test_linear_equals_f_linear(speeds, onednn, gelu) -> None:
             assert linear(x, w, b, gelu=gelu).dtype == torch.bfloat16
 
 
+def test_onednn_runs_only_in_inference_mode(speeds) -> None:
+    speeds.update({"fp32": 1.0, "fp32_onednn": 100.0, "bf16": 1.0})
+    x, w = torch.randn(4, 8), torch.randn(6, 8)
+    with torch.no_grad():  # the EMA teacher and the probes: aten's numerics, as in training
+        assert runtime._onednn_path(x, w) is None
+    with torch.inference_mode():
+        assert runtime._onednn_path(x, w) == ("fp32" if torch.backends.mkldnn.is_available() else None)
+
+
 def test_linear_keeps_autograd(speeds) -> None:
     speeds.update({"fp32": 1.0, "fp32_onednn": 100.0, "bf16": 1.0})
     x = torch.randn(4, 8, requires_grad=True)
