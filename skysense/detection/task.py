@@ -33,6 +33,7 @@ from skysense.config import SkySenseConfig, check_ranges, from_dict
 from skysense.detection.models import ENCODER_PREFIX, TASKS, DetectionHeadConfig, build_detector
 from skysense.engine.config import EngineConfig
 from skysense.engine.distributed import Ranks
+from skysense.engine.loop import PlainHooks
 from skysense.models.skysense import SkySense
 
 MODES = ("frozen", "partial", "full")
@@ -192,7 +193,7 @@ def set_mode(model: nn.Module, mode: str, blocks: int = 0) -> None:
 # ----------------------------------------------------------------------------- the task
 
 
-class DetectionTask:
+class DetectionTask(PlainHooks):
     """Detection fine-tuning for :func:`skysense.engine.fit` (see the module doc)."""
 
     name = "detection"
@@ -230,18 +231,6 @@ class DetectionTask:
 
     def dataset(self) -> Sequence[dict[str, Any]]:
         return self.train_set
-
-    def step_args(self, step: int, gen: torch.Generator) -> tuple[dict[str, Any], dict[str, float]]:
-        return {"gen": gen}, {}
-
-    def after_forward(self, ranks: Ranks) -> None:
-        pass
-
-    def grad_monitors(self) -> dict[str, float]:
-        return {}
-
-    def after_update(self, step: int) -> None:
-        pass
 
     def validate(self) -> dict[str, float]:
         from skysense.detection.scoring import score_split
@@ -315,6 +304,7 @@ def run_detection_finetune(args: Any) -> int:
     from skysense.engine.config import load_config
     from skysense.engine.distributed import exit_distributed
     from skysense.runtime import apply_threads
+    from skysense.tasks.cli import report_run
 
     cfg = load_config(DetectionConfig, args.config, args.overrides)
     apply_threads(args.threads)
@@ -326,10 +316,5 @@ def run_detection_finetune(args: Any) -> int:
     )
     result = finetune_detection(cfg, resume=args.resume, overwrite=args.overwrite)
     exit_distributed()
-    best = result["best"]
-    counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items())
-    score = (
-        f"best validation {best['metric']} {best['value']:.4f} at step {best['step']}" if best else "stopped"
-    )
-    print(f"finetune: {result['step']} steps, {score} (images: {counts}); checkpoints in {cfg.out_dir}")
+    report_run(result, cfg.out_dir, "images")
     return 0

@@ -76,6 +76,23 @@ BEST = "best.ckpt"
 RUN_FILES = (CKPT, "metrics.csv", BEST, "best.json", "validation.csv")
 
 
+class PlainHooks:
+    """The per-step hooks of :class:`Task` for a task without bookkeeping of its own (fine-tuning,
+    detection): the step gets the run's generator, nothing happens between forward and update."""
+
+    def step_args(self, step: int, gen: torch.Generator) -> tuple[dict[str, Any], dict[str, float]]:
+        return {"gen": gen}, {}
+
+    def after_forward(self, ranks: Ranks) -> None:
+        pass
+
+    def grad_monitors(self) -> dict[str, float]:
+        return {}
+
+    def after_update(self, step: int) -> None:
+        pass
+
+
 def fit(task: Task, cfg: EngineConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train ``task`` for ``cfg.steps`` (see module doc). Returns ``losses`` (this call's per-step total
     losses, mean over ranks), ``step`` (steps done) and ``samples`` (the dataset's size)."""

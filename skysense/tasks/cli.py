@@ -38,13 +38,18 @@ def run_finetune(args: argparse.Namespace) -> int:
     )
     result = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     exit_distributed()
+    report_run(result, cfg.out_dir, "samples")
+    return 0
+
+
+def report_run(result: dict, out_dir: str, unit: str) -> None:
+    """The last line of a fine-tuning run: steps, best validation score, split sizes, where it went."""
     best = result["best"]
     counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items())
     score = (
         f"best validation {best['metric']} {best['value']:.4f} at step {best['step']}" if best else "stopped"
     )
-    print(f"finetune: {result['step']} steps, {score} (samples: {counts}); checkpoints in {cfg.out_dir}")
-    return 0
+    print(f"finetune: {result['step']} steps, {score} ({unit}: {counts}); checkpoints in {out_dir}")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

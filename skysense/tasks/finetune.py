@@ -33,6 +33,7 @@ from skysense.config import SkySenseConfig, check_ranges, preset_with
 from skysense.data.collate import collate
 from skysense.engine.config import EngineConfig
 from skysense.engine.distributed import Ranks
+from skysense.engine.loop import PlainHooks
 from skysense.models.skysense import SkySense
 from skysense.tasks.data import IGNORE_INDEX, MODEL_KEYS, TaskData, TaskDataConfig, build_task_data
 from skysense.tasks.heads import ChangeHead, ClassificationHead, FCNHead, UperNetHead, resize_to
@@ -231,7 +232,7 @@ class StepModule(nn.Module):
 # ----------------------------------------------------------------------------- the task
 
 
-class FinetuneTask:
+class FinetuneTask(PlainHooks):
     """Fine-tuning for :func:`skysense.engine.fit` (see the module doc)."""
 
     name = "finetune"
@@ -287,18 +288,6 @@ class FinetuneTask:
 
     def dataset(self) -> Sequence[dict[str, Any]]:
         return self.data.splits["train"]
-
-    def step_args(self, step: int, gen: torch.Generator) -> tuple[dict[str, Any], dict[str, float]]:
-        return {"gen": gen}, {}
-
-    def after_forward(self, ranks: Ranks) -> None:
-        pass
-
-    def grad_monitors(self) -> dict[str, float]:
-        return {}
-
-    def after_update(self, step: int) -> None:
-        pass
 
     def validate(self) -> dict[str, float]:
         return evaluate_split(self.model, self.data, "val", self.cfg, self.device)[0]
