@@ -1,4 +1,4 @@
-"""``skysense demo``: the main job end to end on a small default (``make demo``: 2 min 12-16 s of CPU time).
+"""``skysense demo``: the main job end to end on a small default (``make demo``: about 2 minutes).
 
 1. Pre-train the ``tiny`` hr encoder (SwinV2) self-supervised on the AID train split: the recorded recipe of
    ``configs/pretrain/aid_hr_cpu.yaml`` (MGCL, EMA teacher), shortened to ``--steps`` steps without the
@@ -476,7 +476,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="pre-train briefly on AID, linear-probe it, run real S1+S2 through the encoder; plots",
-        description="The main job end to end in 2 min 12-16 s of CPU time, on one thread: pre-train the "
+        description="The main job end to end in about 2 minutes on one thread (114 s with another process "
+        "busy on one of 2 cores): pre-train the "
         "tiny hr encoder self-supervised on the AID train scenes, linear-probe it against its random "
         "initialisation (test OA on 30 classes), run a real Sentinel-2 + Sentinel-1 chip through the fused "
         "multi-modal encoder, and write a quick look, plots and a summary. Reads the data in $SKYSENSE_DATA "
