@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -114,6 +115,18 @@ def quiet_time_call(fn: Callable[[], Any], reps: int, warmup: int = 1) -> tuple[
 def summary(seconds: list[float]) -> dict[str, float]:
     """Median and best (minimum) time: the median is the figure; the best bounds the noise of a shared box."""
     return {"median_s": statistics.median(seconds), "best_s": min(seconds), "n": len(seconds)}
+
+
+def in_fresh_process(target: Callable[..., None], args: tuple) -> dict[str, Any]:
+    """``target(args, queue)`` in a new spawned process, so that its peak memory is its own; returns the
+    dict it puts on the queue."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(args, queue))
+    proc.start()
+    got = queue.get()
+    proc.join()
+    return got
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import resource
 import sys
 import tempfile
@@ -210,15 +209,6 @@ def tiled(
     return one
 
 
-def run_one(cfg: tuple, ctx: Any) -> dict[str, Any]:
-    queue = ctx.Queue()
-    proc = ctx.Process(target=measure, args=(cfg, queue))
-    proc.start()
-    got = queue.get()
-    proc.join()
-    return got
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["tiny"])
@@ -230,7 +220,6 @@ def main() -> None:
     p.add_argument("--scene", type=int, default=2048, help="side of the tiled scene; 0 skips the tiled row")
     p.add_argument("--out", default="detection.json")
     args = p.parse_args()
-    ctx = mp.get_context("spawn")
     rows = []
     for preset in args.presets:
         for task in args.tasks:
@@ -248,7 +237,7 @@ def main() -> None:
                         args.scene,
                         common.THREADS,
                     )
-                    got = run_one(cfg, ctx)
+                    got = common.in_fresh_process(measure, cfg)
                     med = got["seconds"]["median_s"]
                     row["device"] = got["device"]
                     row[f"{mode}_peak_mib"] = got["peak_mib"]

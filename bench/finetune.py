@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import resource
 import sys
 import time
@@ -112,22 +111,15 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", default="finetune.json")
     args = p.parse_args()
-    ctx = mp.get_context("spawn")
     rows = []
     for preset in args.presets:
         for task in args.tasks:
             for precision in args.precisions:
                 row: dict[str, Any] = {"preset": preset, "task": task, "precision": precision}
                 for mode in ("full", "frozen"):
-                    queue = ctx.Queue()
-                    proc = ctx.Process(
-                        target=measure,
-                        args=((task, preset, precision, mode, args.batch, args.reps, common.THREADS), queue),
-                    )
+                    cfg = (task, preset, precision, mode, args.batch, args.reps, common.THREADS)
                     t0 = time.perf_counter()
-                    proc.start()
-                    got = queue.get()
-                    proc.join()
+                    got = common.in_fresh_process(measure, cfg)
                     row[f"{mode}_samples_s"] = args.batch / got["seconds"]["median_s"]
                     row[f"{mode}_peak_mib"] = got["peak_mib"]
                     row["device"] = got["device"]
