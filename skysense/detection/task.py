@@ -170,7 +170,7 @@ def build_model(cfg: DetectionConfig, num_classes: int) -> tuple[nn.Module, dict
     """The detector (encoder + heads, trainable per ``mode``) and the weights' input contract."""
     from skysense.tasks.finetune import build_encoder
 
-    encoder, contract = build_encoder(typing.cast(Any, cfg))  # reads preset, model, weights, seed
+    encoder, contract = build_encoder(cfg)
     torch.manual_seed(cfg.seed)
     model = build_detector(cfg.task, encoder, num_classes, cfg.head)
     set_mode(model, cfg.mode, cfg.frozen_blocks)

@@ -23,7 +23,7 @@ import dataclasses
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -153,12 +153,21 @@ def _input_size(batch: Mapping[str, Any]) -> tuple[int, int]:
     return int(x.shape[-2]), int(x.shape[-1])
 
 
-def encoder_config(cfg: FinetuneConfig) -> SkySenseConfig:
+class EncoderStart(Protocol):
+    """What a downstream config says of its encoder: fine-tuning's and detection's alike."""
+
+    preset: str
+    model: dict[str, Any]
+    weights: str
+    seed: int
+
+
+def encoder_config(cfg: EncoderStart) -> SkySenseConfig:
     """The preset with ``cfg.model`` merged in (one level deep)."""
     return preset_with(cfg.preset, cfg.model)
 
 
-def build_encoder(cfg: FinetuneConfig) -> tuple[SkySense, dict[str, Any]]:
+def build_encoder(cfg: EncoderStart) -> tuple[SkySense, dict[str, Any]]:
     """The encoder a run starts from and its input contract (``{}`` for random init)."""
     if not cfg.weights:
         torch.manual_seed(cfg.seed)
