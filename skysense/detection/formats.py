@@ -169,9 +169,7 @@ def _build(
                 raise _unknown(path, row.where, row.name, classes)
             row.coords, note = _check_geometry(row, path, size, ok)
         except AnnotationError as e:
-            if strict:
-                raise
-            warnings.warn(f"{e} (box dropped)", stacklevel=3)
+            _drop(e, strict, "box", stacklevel=4)
             continue
         if note:
             past_edge.append(f"{row.where} ({note})")
@@ -206,6 +204,13 @@ def _lines(path: Path) -> list[tuple[int, list[str]]]:
 DOTA_LAYOUT = "'x1 y1 x2 y2 x3 y3 x4 y4 class [difficult]' in pixels"
 
 
+def _drop(error: AnnotationError, strict: bool, what: str, stacklevel: int) -> None:
+    """A bad entry: strict readers raise, lenient ones warn and drop the ``what`` (box, line, object)."""
+    if strict:
+        raise error
+    warnings.warn(f"{error} ({what} dropped)", stacklevel=stacklevel)
+
+
 def read_dota(
     path: str | Path,
     size: tuple[int, int] | None = None,
@@ -231,9 +236,7 @@ def read_dota(
                 _Row(where, _floats(f[:8], path, where, DOTA_LAYOUT), f[8], len(f) == 10 and f[9] != "0")
             )
         except AnnotationError as e:
-            if strict:
-                raise
-            warnings.warn(f"{e} (line dropped)", stacklevel=2)
+            _drop(e, strict, "line", stacklevel=3)
     ann = _build(path, rows, True, size, classes, strict)
     ann.meta = meta
     return ann
@@ -267,9 +270,7 @@ def read_yolo(
                 )  # fmt: skip
             v = _floats(f[1:], path, where, layout)
         except AnnotationError as e:
-            if strict:
-                raise
-            warnings.warn(f"{e} (line dropped)", stacklevel=2)
+            _drop(e, strict, "line", stacklevel=3)
             continue
         if polygon:
             coords = [v[k] * (w if k % 2 == 0 else h) for k in range(8)]
@@ -327,9 +328,7 @@ def read_voc(
         try:
             coords = [_xml_number(obj, t, path, where) for t in tags]
         except AnnotationError as e:
-            if strict:
-                raise
-            warnings.warn(f"{e} (object dropped)", stacklevel=2)
+            _drop(e, strict, "object", stacklevel=3)
             continue
         rows.append(_Row(where, coords, name, (obj.findtext("difficult") or "0").strip() == "1"))
     return _build(path, rows, polygon, size, classes, strict)
