@@ -169,28 +169,35 @@ def test_bad_input_is_refused_with_the_fix(tmp_path):
     assert not (tmp_path / "out.tif").exists()
 
 
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_two_ranks_write_what_one_process_writes(tmp_path):
+def embed_one_and_two_ranks(tmp_path: Path, suffix: str, extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """The same ``skysense embed`` run in one process and under ``torchrun`` with 2 ranks; the outputs."""
     weights = tiny_weights(tmp_path)
     src = write_scene(tmp_path / "in.tif", 192, 96)
     args = ["embed", str(src), "--weights", str(weights), "--tile", "64", "--overlap", "32", "--level", "hr3"]
-    args += ["--precision", "fp32", "--device", "cpu", "--quiet", "--batch-size", "2"]
+    args += ["--precision", "fp32", "--device", "cpu", "--quiet", "--batch-size", "2", *extra]
     # one thread per process in both runs (torchrun sets it for its ranks): a float sum's order depends on
     # the thread count, the tiles and their batches do not
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = ["--out", str(tmp_path / "one.tif")]
-    one = subprocess.run([sys.executable, "-m", "skysense.cli", *args, *out], env=env, timeout=400)
-    assert one.returncode == 0
+    one, two = tmp_path / f"one{suffix}", tmp_path / f"two{suffix}"
+    done = subprocess.run(
+        [sys.executable, "-m", "skysense.cli", *args, "--out", str(one)], env=env, timeout=400
+    )
+    assert done.returncode == 0
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
-    out = ["--out", str(tmp_path / "two.tif")]
-    two = subprocess.run([*run, "-m", "skysense.cli", *args, *out], env=env, timeout=400)
-    assert two.returncode == 0
-    a, ma = read(tmp_path / "one.tif")
-    b, mb = read(tmp_path / "two.tif")
+    done = subprocess.run([*run, "-m", "skysense.cli", *args, "--out", str(two)], env=env, timeout=400)
+    assert done.returncode == 0
+    return one, two
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ranks_write_what_one_process_writes(tmp_path):
+    one, two = embed_one_and_two_ranks(tmp_path, ".tif")
+    a, ma = read(one)
+    b, mb = read(two)
     assert ma == mb and a.tobytes() == b.tobytes()
 
 

@@ -12,7 +12,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 from skysense.inference import Grid, infer
-from tests.test_inference import ORIGIN, local_head, read, write_scene
+from tests.test_inference import ORIGIN, embed_one_and_two_ranks, local_head, read, write_scene
 
 zarr = pytest.importorskip("zarr")
 
@@ -94,27 +94,9 @@ def test_missing_zarr_names_the_extra(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_ranks_write_one_store_as_one_process_does(tmp_path):
-    import os
-    import socket
-    import subprocess
-
-    from tests.test_inference import tiny_weights
-
-    weights = tiny_weights(tmp_path)
-    src = write_scene(tmp_path / "in.tif", 192, 96)
-    args = ["embed", str(src), "--weights", str(weights), "--tile", "64", "--overlap", "32", "--level", "hr3"]
-    args += ["--precision", "fp32", "--device", "cpu", "--quiet", "--batch-size", "2", "--format", "zarr"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread in both runs: the same float sums
-    one = [sys.executable, "-m", "skysense.cli", *args, "--out", str(tmp_path / "one.zarr")]
-    assert subprocess.run(one, env=env, timeout=400).returncode == 0
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
-    two = [*run, "-m", "skysense.cli", *args, "--out", str(tmp_path / "two.zarr")]
-    assert subprocess.run(two, env=env, timeout=400).returncode == 0
-    a = zarr.open_group(str(tmp_path / "one.zarr"), mode="r")
-    b = zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
+    one, two = embed_one_and_two_ranks(tmp_path, ".zarr", ("--format", "zarr"))
+    a = zarr.open_group(str(one), mode="r")
+    b = zarr.open_group(str(two), mode="r")
     assert a["bands"][:].tobytes() == b["bands"][:].tobytes()
     assert a.attrs["transform"] == b.attrs["transform"] and a.attrs["band_names"] == b.attrs["band_names"]
     assert not list(tmp_path.glob("*partial*"))
