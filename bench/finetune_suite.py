@@ -1,6 +1,7 @@
 """Downstream results (paper Sec. 4) on the shared data: every task family, pre-trained vs random init.
 
     python -m bench.finetune_suite --weights encoder.safetensors [--seeds 0 1 2] [--only aid potsdam]
+        [--set lr=5e-4 ...]
 
 Runs the configs of ``configs/finetune/`` (``tiny``, CPU budgets of minutes) once per seed and variant,
 evaluates each run's ``best.ckpt`` (kept by the validation metric) on the test split, and prints and
@@ -35,6 +36,7 @@ RUNS: dict[str, tuple[str, list[str], bool]] = {
     "levir_cd/random": ("levir_cd_tiny", [], False),
     "levir_cd/pretrained": ("levir_cd_tiny", [], True),
     "sen1floods11/s2+s1": ("sen1floods11_tiny", [], False),
+    "sen1floods11/s2+s1 modality dropout": ("sen1floods11_tiny", ["modality_dropout=0.3"], False),
     "sen1floods11/s2": ("sen1floods11_tiny", ["data.modalities=[s2]", "model={hr: null, s1: null}"], False),
     "sen1floods11/s1": ("sen1floods11_tiny", ["data.modalities=[s1]", "model={hr: null, s2: null}"], False),
     "slovenia/dates": ("slovenia_tiny", [], False),
@@ -46,7 +48,7 @@ RUNS: dict[str, tuple[str, list[str], bool]] = {
 }
 
 
-def one(name: str, seed: int, weights: str, out: Path) -> dict[str, Any]:
+def one(name: str, seed: int, weights: str, out: Path, extra_set: list[str]) -> dict[str, Any]:
     from skysense.engine.config import load_config
     from skysense.tasks.evaluate import evaluate
     from skysense.tasks.finetune import FinetuneConfig, finetune
@@ -56,7 +58,9 @@ def one(name: str, seed: int, weights: str, out: Path) -> dict[str, Any]:
     extra = [f"out_dir={run}", f"seed={seed}", "progress=false"] + (
         [f"weights={weights}"] if pretrained else []
     )
-    cfg = load_config(FinetuneConfig, REPO / "configs/finetune" / f"{config}.yaml", [*overrides, *extra])
+    cfg = load_config(
+        FinetuneConfig, REPO / "configs/finetune" / f"{config}.yaml", [*overrides, *extra_set, *extra]
+    )
     t0 = time.perf_counter()
     result = finetune(cfg, overwrite=True)
     seconds = time.perf_counter() - t0
@@ -66,7 +70,7 @@ def one(name: str, seed: int, weights: str, out: Path) -> dict[str, Any]:
         "name": name,
         "seed": seed,
         "config": config,
-        "overrides": overrides,
+        "overrides": [*overrides, *extra_set],
         "metric": metric,
         "val": result["best"]["value"],
         "best_step": result["best"]["step"],
@@ -83,6 +87,7 @@ def main() -> None:
     p.add_argument("--weights", default="", help="pre-trained encoder (.safetensors) for the pretrained runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--only", nargs="*", default=[], help="run names starting with these (e.g. aid potsdam)")
+    p.add_argument("--set", nargs="*", default=[], help="key=value overrides for every run (e.g. lr=5e-4)")
     p.add_argument("--out", default=str(REPO / "runs/bench/finetune_suite"))
     p.add_argument("--results", default="finetune_suite.json")
     args = p.parse_args()
@@ -94,7 +99,7 @@ def main() -> None:
             print(f"skip {name}: needs --weights", flush=True)
             continue
         for seed in args.seeds:
-            row = one(name, seed, args.weights, Path(args.out))
+            row = one(name, seed, args.weights, Path(args.out), args.set)
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "test_scores"}), flush=True)
     summary = []
@@ -112,6 +117,7 @@ def main() -> None:
                     str(mine[0]["counts"][s]) for s in ("train", "val", "test")
                 ),
                 "steps": mine[0]["steps"],
+                "overrides": " ".join(mine[0]["overrides"]),
             }
         )
     print(common.table(summary, list(summary[0]) if summary else []))

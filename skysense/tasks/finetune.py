@@ -64,6 +64,7 @@ class FinetuneConfig(EngineConfig):
     mode: str = "full"  # frozen | partial | full
     frozen_blocks: int = 0  # partial: blocks frozen in every encoder (its patch embedding too)
     layer_decay: float = 0.9
+    modality_dropout: float = 0.0  # fused input: chance per sample that one series (s2 or s1) is left out
     class_names: tuple[str, ...] = ()  # your own segmentation/change folders: the name of each label value
     class_weights: tuple[float, ...] = ()  # cross-entropy weights per class (empty = equal)
     eval_batch_size: int = 16
@@ -77,7 +78,12 @@ class FinetuneConfig(EngineConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_ranges("FinetuneConfig ", self, at_least={"eval_batch_size": 1, "frozen_blocks": 0})
+        check_ranges(
+            "FinetuneConfig ",
+            self,
+            at_least={"eval_batch_size": 1, "frozen_blocks": 0},
+            within={"modality_dropout": (0.0, 1.0)},
+        )
         for name, value, allowed in (
             ("task", self.task, KINDS),
             ("input", self.input, INPUTS),
@@ -87,6 +93,12 @@ class FinetuneConfig(EngineConfig):
                 raise ValueError(f"{name}={value!r}: use one of {', '.join(allowed)}")
         if self.task == "change" and self.input != "hr":
             raise ValueError("task change reads the hr pyramids of the two dates: set input: hr")
+        if self.modality_dropout and (self.input != "fused" or len(self.data.modalities) < 2):
+            raise ValueError(
+                f"modality_dropout={self.modality_dropout} leaves a series out of the fused map: it needs "
+                f"input: fused and two or more data.modalities (got input {self.input!r}, modalities "
+                f"{list(self.data.modalities)}); set modality_dropout: 0"
+            )
 
 
 # ----------------------------------------------------------------------------- the model
@@ -224,6 +236,25 @@ def augment(batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
     return out
 
 
+def drop_modality(batch: dict[str, Any], p: float, gen: torch.Generator) -> dict[str, Any]:
+    """Modality dropout: each sample, with chance ``p``, loses one of its series (``s2`` or ``s1``, picked
+    uniformly) by marking all its dates as padding (``*_mask`` True), so the fusion attends to the others
+    alone; a sample always keeps one input. Trains a fused model that does not lean on one modality."""
+    series = [m for m in ("s2", "s1") if m in batch]
+    if not series or (len(series) == 1 and "hr" not in batch):
+        return batch
+    b, t = batch[series[0]].shape[:2]
+    hit = torch.rand(b, generator=gen) < p  # (B,)
+    which = torch.randint(len(series), (b,), generator=gen)  # (B,)
+    out = dict(batch)
+    for i, m in enumerate(series):
+        pad = batch.get(f"{m}_mask")
+        pad = torch.zeros(batch[m].shape[:2], dtype=torch.bool) if pad is None else pad
+        drop = (hit & (which == i)).to(pad.device)
+        out[f"{m}_mask"] = pad | drop[:, None]
+    return out
+
+
 class StepModule(nn.Module):
     """One training forward: augment, model, loss (what DDP replicates)."""
 
@@ -235,6 +266,8 @@ class StepModule(nn.Module):
         self, batch: dict[str, Any], gen: torch.Generator
     ) -> tuple[dict[str, Tensor], dict[str, float]]:
         batch = augment(batch, gen)
+        if self.cfg.modality_dropout:
+            batch = drop_modality(batch, self.cfg.modality_dropout, gen)
         return task_loss(self.model(batch), batch, self.cfg), {}
 
 

@@ -223,3 +223,66 @@ def test_finetune_runs_under_torchrun(tmp_path):
     assert ck["step"] == 4 and ck["data"]["world"] == 2 and len(ck["rng"]) == 2
     more = finetune(_tiny_cfg(tmp_path / "ddp", out_dir=str(run), batch_size=4, steps=5), resume=True)
     assert len(more["losses"]) == 1  # the 2-rank checkpoint goes on in one process
+
+
+def _series_batch(b=4, t=2, size=8):
+    g = torch.Generator().manual_seed(0)
+    batch = {m: torch.randn(b, t, c, size, size, generator=g) for m, c in (("s2", 10), ("s1", 2))}
+    batch |= {f"{m}_dates": torch.full((b, t), 19000) + torch.arange(t) * 10 for m in ("s2", "s1")}
+    return batch
+
+
+def test_modality_dropout_leaves_out_one_series_per_hit_sample():
+    from skysense.tasks.finetune import drop_modality
+
+    batch = _series_batch(b=64)
+    out = drop_modality(batch, 1.0, torch.Generator().manual_seed(0))
+    s2, s1 = out["s2_mask"].all(1), out["s1_mask"].all(1)  # (B,) dropped whole
+    assert torch.equal(s2 ^ s1, torch.ones(64, dtype=torch.bool))  # exactly one of the two, every sample
+    assert 16 < int(s2.sum()) < 48  # picked uniformly
+    assert torch.equal(out["s2_mask"].any(1), s2)  # all dates of a series or none
+    none = drop_modality(batch, 0.0, torch.Generator().manual_seed(0))
+    assert not none["s2_mask"].any() and not none["s1_mask"].any()
+    assert "s2_mask" not in batch  # the input batch is not modified
+    # a padding mask the batch already has is kept
+    padded = batch | {
+        "s2_mask": torch.tensor([[False, True]] * 64),
+        "s1_mask": torch.zeros(64, 2, dtype=torch.bool),
+    }
+    kept = drop_modality(padded, 0.5, torch.Generator().manual_seed(1))
+    assert kept["s2_mask"][:, 1].all()
+    # one series and no hr: nothing to leave out
+    alone = {"s2": batch["s2"]}
+    assert drop_modality(alone, 1.0, torch.Generator()) is alone
+
+
+def test_a_dropped_series_gives_the_fused_map_of_the_other_alone():
+    """Masking every date of s1 must equal not giving s1 at all (padded steps change nothing)."""
+    from skysense.config import preset_with
+    from skysense.models.skysense import SkySense
+    from skysense.tasks.finetune import drop_modality
+
+    torch.manual_seed(0)
+    model = SkySense(preset_with("tiny", {"hr": None})).eval()
+    batch = _series_batch(b=2)
+    dropped = drop_modality(batch, 1.0, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        fused = model(dropped)["fused"]
+        for i in range(2):
+            keep = "s2" if dropped["s1_mask"][i].all() else "s1"
+            alone = {k: v[i : i + 1] for k, v in batch.items() if k.startswith(keep)}
+            ref = model(alone)["fused"]
+            torch.testing.assert_close(fused[i : i + 1], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_modality_dropout_needs_the_fused_input_of_two_modalities():
+    with pytest.raises(ValueError, match="modality_dropout"):
+        from_dict(FinetuneConfig, {"input": "hr", "modality_dropout": 0.3})
+    with pytest.raises(ValueError, match="modality_dropout"):
+        from_dict(
+            FinetuneConfig, {"input": "fused", "modality_dropout": 1.5, "data": {"modalities": ["s2", "s1"]}}
+        )
+    cfg = from_dict(
+        FinetuneConfig, {"input": "fused", "modality_dropout": 0.3, "data": {"modalities": ["s2", "s1"]}}
+    )
+    assert cfg.modality_dropout == 0.3
