@@ -3,6 +3,10 @@
     python -m bench.finetune                 # tiny and base, fp32 and bf16, every task (~10 min on 2 cores)
     python -m bench.finetune --presets tiny  # a quick look
 
+On a CPU the ``base`` multi-modal segmentation rows are skipped unless ``--all``: its fused map has a cell per
+input pixel (4,096 cells x 9 tokens through 12 layers of width 768), ~20 TFLOP a sample and step, over an
+hour for this benchmark on 2 cores; it is a GPU measurement.
+
 One training step (forward, loss, backward, AdamW with layer-wise lr decay) of the task model of
 :mod:`skysense.tasks.finetune` on synthetic inputs of the configs' shapes, side by side with the same
 step with the encoder frozen (the linear-probe cost). Each configuration runs in a fresh process, so its
@@ -110,10 +114,17 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", default="finetune.json")
+    p.add_argument("--all", action="store_true", help="on a CPU too: base multi-modal segmentation")
     args = p.parse_args()
+    import torch
+
+    cpu = not torch.cuda.is_available()
     rows = []
     for preset in args.presets:
         for task in args.tasks:
+            if cpu and preset != "tiny" and task == "multimodal_segmentation" and not args.all:
+                print(f"skip {preset} {task} on a CPU (~20 TFLOP a sample and step; --all runs it)")
+                continue
             for precision in args.precisions:
                 row: dict[str, Any] = {"preset": preset, "task": task, "precision": precision}
                 for mode in ("full", "frozen"):
