@@ -74,6 +74,24 @@ def test_classification_padded_steps_change_nothing(outs: dict[str, Any], pool: 
         torch.testing.assert_close(ref[1], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_classification_norm_standardises_the_pooled_features(outs: dict[str, Any]) -> None:
+    """norm=True: (pooled - batch mean) / sqrt(biased batch var + eps) in training, running stats in eval;
+    checked against a float64 re-computation."""
+    x = torch.cat([outs["hr"][-1]] * 3) * torch.arange(1.0, 7.0).view(6, 1, 1, 1)  # 6 samples, varied scale
+    head = ClassificationHead(x.shape[1], K, norm=True)
+    y = head(x)
+    pooled = x.double().mean(dim=(2, 3))  # (6, C)
+    z = (pooled - pooled.mean(0)) / (pooled.var(0, unbiased=False) + 1e-5).sqrt()
+    expected = z @ head.fc.weight.double().T + head.fc.bias.double()
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-5)
+    backward(y)
+    assert_all_grads(head)
+    head.eval()  # running stats after one step: 0.9 * (0, 1) + 0.1 * (batch mean, unbiased var)
+    mean, var = 0.1 * pooled.mean(0), 0.9 + 0.1 * pooled.var(0, unbiased=True)
+    expected = ((pooled - mean) / (var + 1e-5).sqrt()) @ head.fc.weight.double().T + head.fc.bias.double()
+    torch.testing.assert_close(head(x).double(), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_classification_rejects_bad_input(outs: dict[str, Any]) -> None:
     x = outs["s2"][-1]
     head = ClassificationHead(x.shape[2], K)
