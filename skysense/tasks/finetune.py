@@ -46,7 +46,7 @@ MODES = ("frozen", "partial", "full")
 @dataclass
 class TaskHeadConfig:
     pool: str = "mean"  # classification: mean | attention
-    norm: bool = False  # classification: BatchNorm (no affine) on the pooled features, MAE's probe
+    standardise: bool = False  # classification: BatchNorm (no affine) on the pooled features, MAE's probe
     channels: int = 128  # segmentation / change decoder width (UperNet uses 512 in the paper's configs)
     aux: bool = False  # segmentation: FCN auxiliary head on hr stage 3
     aux_weight: float = 0.4
@@ -123,7 +123,7 @@ class TaskModel(nn.Module):
         self.aux: nn.Module | None = None
         if task in ("classification", "multilabel"):
             self.head: nn.Module = ClassificationHead(
-                widths[input][0], num_classes, head.pool, head.dropout, head.norm
+                widths[input][0], num_classes, head.pool, head.dropout, head.standardise
             )
         elif task == "segmentation":
             levels = hr if input == "hr" else widths[input]

@@ -68,18 +68,23 @@ class ClassificationHead(nn.Module):
     encoder this is the linear probe). ``pool="attention"``: a learned query attends over every token
     (space x valid dates; padded tokens masked out) of the LayerNorm-ed features, then Linear. Padded
     steps are zeroed before anything reads them, so their content (even NaN) cannot change the output.
-    ``norm=True`` standardises the pooled features by BatchNorm without affine parameters before the Linear
-    (MAE's linear probe, He et al. 2022): features of very different scales train at one learning rate.
+    ``standardise=True`` puts BatchNorm without affine parameters between the pooling and the Linear (MAE's
+    linear probe, He et al. 2022): features of very different scales train at one learning rate.
     """
 
     def __init__(
-        self, in_dim: int, num_classes: int, pool: str = "mean", dropout: float = 0.0, norm: bool = False
+        self,
+        in_dim: int,
+        num_classes: int,
+        pool: str = "mean",
+        dropout: float = 0.0,
+        standardise: bool = False,
     ) -> None:
         super().__init__()
         if pool not in ("mean", "attention"):
             raise ValueError(f"pool={pool!r}: choose 'mean' (linear probe) or 'attention'")
         self.in_dim, self.pool = in_dim, pool
-        self.standardise = nn.BatchNorm1d(in_dim, affine=False) if norm else nn.Identity()
+        self.standardise = nn.BatchNorm1d(in_dim, affine=False) if standardise else nn.Identity()
         if pool == "attention":
             self.norm = nn.LayerNorm(in_dim)
             self.query = nn.Parameter(torch.empty(1, 1, in_dim))

@@ -74,11 +74,11 @@ def test_classification_padded_steps_change_nothing(outs: dict[str, Any], pool: 
         torch.testing.assert_close(ref[1], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_classification_norm_standardises_the_pooled_features(outs: dict[str, Any]) -> None:
-    """norm=True: (pooled - batch mean) / sqrt(biased batch var + eps) in training, running stats in eval;
-    checked against a float64 re-computation."""
+def test_classification_standardise_normalises_the_pooled_features(outs: dict[str, Any]) -> None:
+    """standardise=True: (pooled - batch mean) / sqrt(biased batch var + eps) in training, running stats
+    in eval; checked against a float64 re-computation."""
     x = torch.cat([outs["hr"][-1]] * 3) * torch.arange(1.0, 7.0).view(6, 1, 1, 1)  # 6 samples, varied scale
-    head = ClassificationHead(x.shape[1], K, norm=True)
+    head = ClassificationHead(x.shape[1], K, standardise=True)
     y = head(x)
     pooled = x.double().mean(dim=(2, 3))  # (6, C)
     z = (pooled - pooled.mean(0)) / (pooled.var(0, unbiased=False) + 1e-5).sqrt()
